@@ -1,0 +1,89 @@
+"""One trial: check the rules, run the config on poisoned output, gate it against fp32, then time it.
+
+This is the only place a sweep touches the GPU; isolation and timing policy change here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kernels import KernelError
+
+from . import _gate
+from ._inputs import make_inputs
+from ._timing import measure
+
+
+@dataclass
+class PointContext:
+    """Inputs and the fp32 reference of one point, made once and shared by all its trials."""
+
+    point: Any
+    family: Any
+    profile: Any
+    space: Any
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    ref: torch.Tensor
+    cuda: bool
+
+
+@dataclass
+class TrialOutcome:
+    status: str  # "ok" or a failure status of cache.TRIAL_STATUSES
+    reason: str = ""
+    median_us: float | None = None
+    p95_us: float | None = None
+    p99_us: float | None = None
+    tflops: float | None = None
+    rel_err: float | None = None
+    max_abs_err: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(point, family, profile, space, seed: int = 0) -> PointContext:
+    """Make the point's inputs on the profile's device and its fp32 reference."""
+    cuda = not profile.interpreter
+    device = "cuda" if cuda else "cpu"
+    q, k, v = make_inputs(point, device, seed)
+    ref = family.reference_fn()(q, k, v, causal=point.causal)
+    return PointContext(point, family, profile, space, q, k, v, ref, cuda)
+
+
+def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100) -> TrialOutcome:
+    """Run ``config`` at the context's point and return its outcome; never raises for a bad config."""
+    broken = ctx.space.violations(config, ctx.point, ctx.profile)
+    if broken:
+        return TrialOutcome("invalid", "; ".join(broken))
+    launch = ctx.family.launch()
+    out = torch.full_like(ctx.q, float("nan"))
+    call = lambda: launch(ctx.q, ctx.k, ctx.v, config, causal=ctx.point.causal, out=out)  # noqa: E731
+    t0 = time.perf_counter()
+    try:
+        call()
+        if ctx.cuda:
+            torch.cuda.synchronize()
+    except KernelError as exc:
+        return TrialOutcome(exc.kind, str(exc))
+    first_s = time.perf_counter() - t0
+    verdict = _gate.check(out, ctx.ref, ctx.point.dtype)
+    figures = dict(rel_err=_finite(verdict.rel_err), max_abs_err=_finite(verdict.max_abs_err))
+    if not verdict.passed:
+        return TrialOutcome("gate_failed", verdict.reason, **figures, extra={"first_call_s": round(first_s, 4)})
+    try:
+        timing = measure(call, cuda=ctx.cuda, rep_ms=rep_ms)
+    except KernelError as exc:
+        return TrialOutcome(exc.kind, str(exc), **figures)
+    tflops = ctx.point.flops / (timing.median_us * 1e-6) / 1e12
+    return TrialOutcome("ok", "", timing.median_us, timing.p95_us, timing.p99_us, tflops, **figures,
+                        extra={"first_call_s": round(first_s, 4), "timing": timing.method})
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,96 @@
+"""The `autotune` command line: thin typer shells over the library; domain errors exit 1 with one line."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._errors import AutotuneError
+
+app = typer.Typer(
+    name="autotune",
+    help="Tune FlashAttention-style Triton kernels per problem point and serve the winners from a SQLite cache.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DbOption = Annotated[Optional[Path], typer.Option(
+    "--db", envvar="AUTOTUNE_DB", help="Cache file (default: $AUTOTUNE_DB, else the user cache directory).",
+    show_default=False)]
+
+
+@contextlib.contextmanager
+def domain_errors():
+    """Turn the errors a user can cause into one line on stderr and exit code 1."""
+    from cache import CacheError
+    from search_spaces import SpaceError
+
+    try:
+        yield
+    except (AutotuneError, CacheError, SpaceError, ValueError, KeyError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        typer.echo(f"error: {msg}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def sweep(
+    gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
+                                          "or cpu (Triton's interpreter).")] = "auto",
+    grid: Annotated[Optional[str], typer.Option(help="Named grid: smoke, small, heads, long, default. "
+                                                     "Default: smoke on cpu, default on a GPU.")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, max=10000, help="Measured configs per point "
+                                                  "(default 30 on a GPU, 6 on cpu).")] = None,
+    db: DbOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the Optuna sampler and the inputs.")] = 0,
+    dtype: Annotated[str, typer.Option(help="float16 or bfloat16.")] = "float16",
+    retune: Annotated[bool, typer.Option(help="Tune points the cache already has a winner for.")] = False,
+) -> None:
+    """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached."""
+    from ._cli_sweep import run_sweep
+
+    with domain_errors():
+        run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune)
+
+
+@app.command()
+def show(db: DbOption = None) -> None:
+    """List the cached winners, marking those the current toolchain would serve."""
+    from ._cli_tables import show_winners
+
+    with domain_errors():
+        show_winners(db)
+
+
+@app.command()
+def export(
+    format: Annotated[str, typer.Option("--format", "-f", help="json (for import elsewhere) or csv.")] = "json",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Export the cached winners as a table other teams can import."""
+    from ._cli_tables import export_winners
+
+    with domain_errors():
+        export_winners(db, format, output)
+
+
+@app.command(name="import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A JSON table written by `autotune export`.")],
+    db: DbOption = None,
+    replace: Annotated[bool, typer.Option(help="Overwrite existing winners even when they are faster.")] = False,
+) -> None:
+    """Import a tuned table; every field is validated and nothing is written if any entry is wrong."""
+    from ._cli_tables import import_winners
+
+    with domain_errors():
+        import_winners(db, file, replace)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,90 @@
+"""Kernel families: what the tuner needs to know about one kernel, and the registry of them."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    """A kernel family is its JIT code, its launcher, its reference, its search space and its rules.
+
+    Contract: ``launch(q, k, v, config, *, causal, sm_scale)`` returns the output or raises a
+    ``KernelError``; ``reference(q, k, v, *, causal, sm_scale)`` returns the fp32 truth; ``space`` names the
+    file ``search_spaces/<space>.toml``; ``sources`` are the files whose text defines the family's behaviour,
+    hashed into every cache key so that an edited kernel never serves an old winner.
+    """
+
+    name: str
+    launcher: str  # "module:function", imported on first use (importing it compiles nothing)
+    reference: str
+    space: str
+    sources: tuple[str, ...]
+    dtypes: tuple[str, ...]
+
+    @property
+    def source_hash(self) -> str:
+        return _source_hash(self.sources)
+
+    def launch(self) -> Callable:
+        ensure_backend()
+        return _resolve(self.launcher)
+
+    def reference_fn(self) -> Callable:
+        return _resolve(self.reference)
+
+
+FAMILIES: dict[str, KernelFamily] = {
+    "attention_fwd": KernelFamily(
+        name="attention_fwd",
+        launcher="kernels.launch:attention_fwd",
+        reference="kernels.reference:attention_reference",
+        space="attention_fwd",
+        sources=("attention_fwd.py", "launch.py"),
+        dtypes=("float16", "bfloat16"),
+    ),
+}
+
+
+def get_family(name: str) -> KernelFamily:
+    """The registered family called ``name``; KeyError with the known names otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown kernel {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
+
+
+def ensure_backend() -> None:
+    """Pick Triton's interpreter when there is no GPU, before any kernel is decorated.
+
+    Called by the dispatcher and the CLI just before a kernel module is first imported; importing this
+    package has no such side effect.
+    """
+    if "TRITON_INTERPRET" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+@cache
+def _source_hash(sources: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for name in sources:
+        digest.update(name.encode())
+        digest.update((_HERE / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _resolve(spec: str) -> Callable:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)

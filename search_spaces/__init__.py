@@ -1,0 +1,6 @@
+"""What may be tried: per-kernel search spaces (TOML data) and the named validity rules that prune them."""
+
+from ._space import SearchSpace, SpaceError, expand, load_space
+from .rules import RULES, rule
+
+__all__ = ["RULES", "SearchSpace", "SpaceError", "expand", "load_space", "rule"]

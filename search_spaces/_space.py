@@ -1,0 +1,118 @@
+"""Load a search space (TOML data + named rules) and turn it into candidate configs for a point."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from .rules import RULES, Rule
+
+
+class SpaceError(ValueError):
+    """A search-space file is malformed (one line naming the file and the problem)."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What may be tried for one kernel on one profile: value lists per parameter, rules, a safe default."""
+
+    kernel: str
+    profile: str
+    params: tuple[tuple[str, tuple[Any, ...]], ...]
+    default: tuple[tuple[str, Any], ...]
+    rule_names: tuple[str, ...]
+
+    @property
+    def param_values(self) -> dict[str, tuple[Any, ...]]:
+        return dict(self.params)
+
+    @property
+    def rules(self) -> tuple[tuple[str, Rule], ...]:
+        return tuple((name, RULES[name]) for name in self.rule_names)
+
+    def violations(self, config: Mapping[str, Any], point: Any, profile: Any) -> list[str]:
+        """The named rules ``config`` breaks at ``point``, as "rule: reason" lines (empty: valid)."""
+        out = []
+        for name, fn in self.rules:
+            reason = fn(config, point, profile)
+            if reason:
+                out.append(f"{name}: {reason}")
+        return out
+
+    def all_configs(self) -> list[dict[str, Any]]:
+        names = [n for n, _ in self.params]
+        return [dict(zip(names, combo)) for combo in itertools.product(*(v for _, v in self.params))]
+
+    def candidates(self, point: Any, profile: Any) -> list[dict[str, Any]]:
+        """Every config of the space that passes all rules at ``point``."""
+        return [c for c in self.all_configs() if not self.violations(c, point, profile)]
+
+    def default_for(self, point: Any, profile: Any) -> dict[str, Any]:
+        """The space's safe default, adjusted to the point (no causal split without causal, tiles clipped)."""
+        config = dict(self.default)
+        if "CAUSAL_SPLIT" in config and not point.causal:
+            config["CAUSAL_SPLIT"] = False
+        cap = 16
+        while cap < point.seq_len:
+            cap *= 2
+        for name in ("BLOCK_M", "BLOCK_N"):
+            if name in config:
+                config[name] = max(16, min(config[name], cap))
+        if "num_warps" in config and "BLOCK_M" in config:
+            config["num_warps"] = max(1, min(config["num_warps"], config["BLOCK_M"] // 8))
+        return config
+
+
+def expand(name: str, spec: Any) -> tuple[Any, ...]:
+    """Turn a value list or a generator ({pow2 = [lo, hi]} / {range = [lo, hi, step]}) into a tuple."""
+    if isinstance(spec, list) and spec:
+        return tuple(spec)
+    if isinstance(spec, dict) and len(spec) == 1:
+        (kind, args), = spec.items()
+        if kind == "pow2" and _ints(args, 2) and 1 <= args[0] <= args[1]:
+            out, v = [], 1
+            while v <= args[1]:
+                if v >= args[0]:
+                    out.append(v)
+                v *= 2
+            return tuple(out)
+        if kind == "range" and _ints(args, 3) and args[2] > 0 and args[0] <= args[1]:
+            return tuple(range(args[0], args[1] + 1, args[2]))
+    raise SpaceError(f"parameter {name}: expected a non-empty list, {{pow2 = [lo, hi]}} or {{range = [lo, hi, step]}}, got {spec!r}")
+
+
+def _ints(args: Any, n: int) -> bool:
+    return isinstance(args, list) and len(args) == n and all(isinstance(a, int) for a in args)
+
+
+@cache
+def load_space(kernel: str, profile: str = "default") -> SearchSpace:
+    """The search space of ``kernel`` for GPU profile ``profile`` (its overrides applied, if it has any)."""
+    try:
+        text = resources.files(__package__).joinpath(f"{kernel}.toml").read_text()
+    except FileNotFoundError:
+        raise SpaceError(f"no search space for kernel {kernel!r} (search_spaces/{kernel}.toml)") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpaceError(f"search_spaces/{kernel}.toml: {exc}") from None
+    override = data.get("profiles", {}).get(profile, {})
+    params = {**data.get("params", {}), **override.get("params", {})}
+    default = override.get("default", data.get("default"))
+    unknown = [r for r in data.get("rules", []) if r not in RULES]
+    if unknown:
+        raise SpaceError(f"search_spaces/{kernel}.toml names unknown rules {unknown}; known: {sorted(RULES)}")
+    if not params or not isinstance(default, dict) or set(default) != set(params):
+        raise SpaceError(f"search_spaces/{kernel}.toml: [params] and [default] must name the same parameters")
+    return SearchSpace(
+        kernel=kernel,
+        profile=profile,
+        params=tuple((n, expand(n, s)) for n, s in params.items()),
+        default=tuple(default.items()),
+        rule_names=tuple(data.get("rules", [])),
+    )
