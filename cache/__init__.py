@@ -1,0 +1,29 @@
+"""FlashCore's tuning cache: the SQLite store of winners and trials, and the exported table format.
+
+Importing this package has no side effects: nothing is opened or created until ``CacheStore.open`` is called.
+"""
+
+from ._errors import CacheError, TableError
+from ._migrations import SCHEMA_VERSION
+from ._store import CacheStore
+from ._tables import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
+from ._types import DTYPES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord
+
+__all__ = [
+    "DTYPES",
+    "FORMAT_VERSION",
+    "SCHEMA_VERSION",
+    "TRIAL_STATUSES",
+    "CacheError",
+    "CacheKey",
+    "CacheStore",
+    "Entry",
+    "TableError",
+    "TrialRecord",
+    "entry_to_dict",
+    "export_table",
+    "parse_table",
+    "read_table",
+    "write_csv",
+    "write_json",
+]

@@ -1,0 +1,31 @@
+"""Test setup: Triton's interpreter without a GPU (set before any kernel is decorated), and the gpu marker."""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own default cache file and a fresh dispatcher memory."""
+    monkeypatch.setenv("AUTOTUNE_DB", str(tmp_path / "default-cache.db"))
+    from autotune import clear_cache
+
+    clear_cache()
+    yield
+    clear_cache()

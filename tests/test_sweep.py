@@ -1,0 +1,95 @@
+"""Sweeps: real Optuna studies over real kernels (interpreter), every trial gated and recorded."""
+
+import pytest
+
+import kernels.launch
+from autotune import PROFILES, Point, check
+from autotune._sweep import sweep, tune_point
+from cache import CacheStore
+from kernels import KernelCompileError, KernelResourceError
+
+CPU = PROFILES["cpu"]
+POINT = Point(1, 3, 77, 64, True)
+
+
+@pytest.fixture
+def store():
+    with CacheStore.memory() as s:
+        yield s
+
+
+def test_tune_point_records_trials_and_keeps_the_fastest_passing(store):
+    res = tune_point(POINT, profile=CPU, store=store, trials=4, seed=0)
+    measured = [t for t in res.trials if t.status != "invalid"]
+    assert len(measured) == 4
+    assert all(t.status == "ok" and t.rel_err < 2e-3 for t in measured)
+    assert res.best == min(measured, key=lambda t: t.median_us)
+    winner = store.get_winner(res.key)
+    assert winner.config == res.best.config and winner.median_us == res.best.median_us
+    assert len(store.trials(res.key)) == len(res.trials)
+    # the space's safe default is tried first
+    assert res.trials[0].config == {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1, "CAUSAL_SPLIT": True}
+
+
+def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
+    real = kernels.launch.attention_fwd
+
+    def flaky(q, k, v, config, **kw):
+        if config["BLOCK_N"] == 16:
+            raise KernelCompileError("CompilationError: planted")
+        if config["BLOCK_M"] == 64:
+            raise KernelResourceError("OutOfResources: planted shared memory")
+        out = real(q, k, v, config, **kw)
+        if config["BLOCK_N"] == 64:
+            out.mul_(1.01)  # wrong by 1%: must fail the gate
+        return out
+
+    monkeypatch.setattr(kernels.launch, "attention_fwd", flaky)
+    res = tune_point(POINT, profile=CPU, store=store, trials=50, seed=0)  # more than the space: all of it
+    by_status = {}
+    for t in res.trials:
+        by_status.setdefault(t.status, []).append(t)
+    assert set(by_status) == {"ok", "compile_error", "resources", "gate_failed"}
+    assert len(res.trials) == res.valid_configs  # the whole valid space, each config once
+    assert all("planted" in t.reason for t in by_status["compile_error"] + by_status["resources"])
+    assert all(t.median_us is None for s, ts in by_status.items() if s != "ok" for t in ts)
+    assert res.best.config["BLOCK_N"] == 32 and res.best.config["BLOCK_M"] != 64
+    assert len(res.trials) == len({tuple(sorted(t.config.items())) for t in res.trials})  # no config run twice
+    assert store.get_winner(res.key).config == res.best.config
+
+
+def test_no_winner_when_nothing_passes(store, monkeypatch):
+    monkeypatch.setattr(kernels.launch, "attention_fwd", lambda q, k, v, config, out=None, **kw: out)
+    res = tune_point(POINT, profile=CPU, store=store, trials=3, seed=0)
+    assert res.best is None and store.get_winner(res.key) is None
+    assert {t.status for t in res.trials} <= {"gate_failed", "invalid"}
+    assert any("never written" in t.reason for t in res.trials)
+
+
+def test_same_seed_proposes_the_same_configs(store):
+    a = tune_point(POINT, profile=CPU, store=store, trials=3, seed=7)
+    b = tune_point(POINT, profile=CPU, store=CacheStore.memory(), trials=3, seed=7)
+    assert [t.config for t in a.trials] == [t.config for t in b.trials]
+
+
+def test_sweep_skips_tuned_points_unless_retune(store):
+    points = [Point(1, 1, 20, 32), Point(1, 1, 20, 32, True)]
+    first = sweep(points, profile=CPU, store=store, trials=2)
+    assert not any(r.skipped for r in first) and len(store.winners()) == 2
+    again = sweep(points, profile=CPU, store=store, trials=2)
+    assert all(r.skipped and r.best is not None for r in again)
+    forced = sweep(points[:1], profile=CPU, store=store, trials=2, retune=True)
+    assert not forced[0].skipped
+
+
+def test_winner_only_replaced_by_a_faster_config(store):
+    res = tune_point(POINT, profile=CPU, store=store, trials=2, seed=0)
+    best = store.get_winner(res.key)
+    from dataclasses import replace
+
+    def scaled(f, **kw):
+        return replace(best, median_us=best.median_us * f, p95_us=best.p95_us * f, p99_us=best.p99_us * f, **kw)
+
+    assert not store.put_winner(scaled(2, config={"BLOCK_M": 16}))
+    assert store.get_winner(res.key).config == best.config
+    assert store.put_winner(scaled(0.5))
