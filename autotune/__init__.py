@@ -11,7 +11,8 @@ from ._profiles import PROFILES, GpuProfile, resolve_profile
 
 __all__ = [
     "AutotuneError", "GRIDS", "GateResult", "GpuProfile", "PROFILES", "Point", "TOLERANCES", "Tolerance",
-    "TunedKernel", "check", "clear_cache", "get_grid", "get_kernel", "resolve_profile", "sweep", "tune_point",
+    "TunedKernel", "UnsupportedAttention", "attention", "check", "clear_cache", "get_grid", "get_kernel",
+    "resolve_profile", "sweep", "tune_point",
 ]
 
 
@@ -21,4 +22,9 @@ def __getattr__(name: str):
         from . import _sweep
 
         return getattr(_sweep, name)
+    # The drop-in op registers torch.ops.flashcore.attention when first asked for.
+    if name in ("attention", "UnsupportedAttention"):
+        from . import _op
+
+        return getattr(_op, name)
     raise AttributeError(f"module 'autotune' has no attribute {name!r}")

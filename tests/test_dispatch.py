@@ -117,3 +117,34 @@ def test_sweep_is_available_lazily():
     assert callable(autotune.sweep) and callable(autotune.tune_point)
     with pytest.raises(AttributeError):
         autotune.nope  # noqa: B018
+
+
+def test_shipped_tables_come_after_the_users_cache(db, monkeypatch):
+    from autotune import _dispatch
+    from cache import write_json
+
+    shipped = [entry(64, block_m=64), entry(256, block_m=32)]
+    monkeypatch.setattr(_dispatch, "shipped_tables", lambda: [("t.json", write_json(shipped, None))])
+    assert get_kernel((1, 2, 64, 64), db=db).source == "exact"          # the user's own winner first
+    k = get_kernel((1, 2, 256, 64), db=db)
+    assert k.source == "shipped" and k.config["BLOCK_M"] == 32
+    assert get_kernel((1, 2, 256, 64), db=db.parent / "empty.db").source == "shipped"
+
+
+def test_a_broken_shipped_table_is_ignored_with_a_warning(monkeypatch, tmp_path):
+    from autotune import _dispatch
+
+    monkeypatch.setattr(_dispatch, "shipped_tables", lambda: [("bad.json", '{"format_version": 9}')])
+    with pytest.warns(RuntimeWarning, match="bad.json"):
+        assert get_kernel((1, 2, 64, 64), db=tmp_path / "x.db").source == "default"
+
+
+def test_misses_are_recorded_once_per_shape(db):
+    from autotune._misses import read_misses
+
+    for _ in range(3):
+        get_kernel((1, 2, 100, 64), db=db)        # nearest
+    get_kernel((1, 2, 64, 128), db=db)            # default
+    get_kernel((1, 2, 64, 64), db=db)             # exact: not a miss
+    misses = read_misses(db)
+    assert sorted((m["seq_len"], m["head_dim"], n) for m, n in misses) == [(64, 128, 1), (100, 64, 1)]
