@@ -76,3 +76,19 @@ def import_winners(db: Path | None, file: Path, replace: bool) -> None:
         written = store.import_entries(entries, replace=replace)
     make_console(stderr=True).print(f"imported {written} of {len(entries)} entries from {file}"
                                + ("" if replace else " (existing faster winners kept)"))
+
+
+def show_misses(db: Path | None) -> None:
+    from ._misses import read_misses
+
+    path = resolve_db(db)
+    misses = read_misses(path)
+    table = Table(title=f"{len(misses)} missed shapes ({path}.misses.jsonl)")
+    for col in ("gpu", "kernel", "dtype", "causal", "B", "H", "S", "D", "lookups"):
+        table.add_column(col)
+    for m, n in misses:
+        table.add_row(m["gpu"], m["kernel"], m["dtype"], "yes" if m["causal"] else "no", str(m["batch"]),
+                      str(m["heads"]), str(m["seq_len"]), str(m["head_dim"]), str(n))
+    make_console().print(table)
+    if misses:
+        make_console(stderr=True).print("tune them with: autotune sweep --from-misses" + (f" --db {db}" if db else ""))

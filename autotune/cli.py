@@ -58,6 +58,27 @@ def sweep(
 
 
 @app.command()
+def bench(
+    grid: Annotated[str, typer.Option(help="Named grid: smoke, small, heads, long, default.")],
+    gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
+                                          "or cpu (Triton's interpreter, wall time: meaningless for speed).")] = "auto",
+    db: DbOption = None,
+    dtype: Annotated[str, typer.Option(help="float16 or bfloat16.")] = "float16",
+    out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here (default: print the "
+                                                     "table only).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of TF/s per point and provider here "
+                                                      "(needs matplotlib).")] = None,
+    rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing budget per provider and point, "
+                                                               "in ms.")] = 100,
+) -> None:
+    """Compare the tuned kernel with PyTorch SDPA's flash, cudnn and efficient backends on every point of a grid."""
+    from ._cli_bench import run_bench_cli
+
+    with domain_errors():
+        run_bench_cli(gpu=gpu, grid=grid, db=db, dtype=dtype, out=out, plot=plot, rep_ms=rep_ms)
+
+
+@app.command()
 def show(db: DbOption = None) -> None:
     """List the cached winners, marking those the current toolchain would serve."""
     from ._cli_tables import show_winners
@@ -90,6 +111,15 @@ def import_(
 
     with domain_errors():
         import_winners(db, file, replace)
+
+
+@app.command()
+def misses(db: DbOption = None) -> None:
+    """List the shapes get_kernel served by "nearest" or "default" from this cache, most frequent first."""
+    from ._cli_tables import show_misses
+
+    with domain_errors():
+        show_misses(db)
 
 
 def main() -> None:

@@ -71,3 +71,19 @@ def test_sweep_one_point_and_serve_it(tmp_path):
     assert kernel.source == "exact" and kernel.config == res.best.config
     q, k, v = make_inputs(point, "cuda")
     assert check(kernel(q, k, v), attention_reference(q, k, v, causal=True), "float16").passed
+
+
+def test_drop_in_op_under_torch_compile_fullgraph_matches_eager():
+    import autotune
+
+    point = Point(2, 8, 1000, 64, True)
+    q, k, v = make_inputs(point, "cuda")
+
+    def layer(q, k, v):
+        return autotune.attention(q, k, v, is_causal=True)
+
+    eager = layer(q, k, v)
+    compiled = torch.compile(layer, fullgraph=True)(q, k, v)
+    ref = attention_reference(q, k, v, causal=True)
+    assert check(eager, ref, "float16").passed and check(compiled, ref, "float16").passed
+    torch.library.opcheck(torch.ops.flashcore.attention.default, (q, k, v, True, None))

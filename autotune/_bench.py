@@ -1,0 +1,256 @@
+"""`autotune bench`: the tuned kernel against PyTorch's SDPA backends, on the same inputs, in one process.
+
+Library part only: no typer, no printing. For every point, the tuned kernel served by ``get_kernel`` (and
+where its config came from) and each SDPA backend forced alone (flash, cudnn, efficient) are checked against
+the fp32 reference, then timed. A provider that refuses a point, or whose output is not finite, is recorded
+as null with its reason in the point's ``errors``; nothing a provider does aborts the bench.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernels import KernelError, get_family
+from kernels.reference import attention_reference
+
+from . import _gate
+from ._dispatch import get_kernel
+from ._errors import AutotuneError
+from ._grids import Point
+from ._inputs import make_inputs, torch_dtype
+from ._profiles import GpuProfile, device_identity
+from ._timing import measure
+from ._toolchain import provenance
+
+SDPA_BACKENDS = ("flash", "cudnn", "efficient")
+PROVIDERS = ("tuned", *SDPA_BACKENDS)
+FIGURES = ("us", "p95_us", "tflops", "rel_err")
+CPU_TIMING = "cpu-wall (meaningless for speed)"
+CUDA_TIMING = "cuda-events"
+NOT_ON_CPU = "not available on cpu"
+
+Row = dict[str, Any]
+_TRIGGERED = re.compile(r"\s*\(Triggered internally at [^)]*\)\.?")
+
+
+def bench_point(point: Point, *, profile: GpuProfile, db: str | Path | None = None, rep_ms: int = 100,
+                seed: int = 0, gpu_name: str | None = None, kernel: str = "attention_fwd") -> Row:
+    """Bench one point: the tuned kernel and the three SDPA backends, on the same seeded inputs.
+
+    Returns a flat dict: the point's fields, the tuned ``config`` and its ``source`` (exact, nearest,
+    default), for each provider ``p`` the figures ``p_us`` (median), ``p_p95_us``, ``p_tflops`` and
+    ``p_rel_err`` (relative L2 error against fp32; all null where the provider refused or failed), the ratios
+    ``best_sdpa_over_tuned`` and ``flash_over_tuned`` (> 1: the tuned kernel is faster), and ``errors``
+    mapping a provider to why it has no figures.
+    """
+    cuda = not profile.interpreter
+    device = "cuda" if cuda else "cpu"
+    if gpu_name is None:
+        gpu_name = device_identity(profile)[0]
+    tuned = get_kernel((point.batch, point.heads, point.seq_len, point.head_dim), torch_dtype(point.dtype),
+                       point.causal, gpu=gpu_name, db=db, kernel=kernel)
+    row: Row = {**point.as_dict(), "label": point.label, "config": dict(tuned.config), "source": tuned.source}
+    for p in PROVIDERS:
+        row.update({f"{p}_{f}": None for f in FIGURES})
+    errors: dict[str, str] = {}
+
+    q, k, v = make_inputs(point, device, seed)
+    ref = attention_reference(q, k, v, causal=point.causal)
+
+    launch = get_family(kernel).launch()
+    out = torch.full_like(q, float("nan"))  # poisoned: a tile the kernel never writes stays NaN
+
+    def run_tuned() -> torch.Tensor:
+        return launch(q, k, v, tuned.config, causal=point.causal, out=out)
+
+    try:
+        _record(row, errors, "tuned", point, ref, run_tuned, cuda=cuda, rep_ms=rep_ms, gate=True)
+    except KernelError as exc:
+        errors["tuned"] = f"{exc.kind}: {exc}"
+
+    for name in SDPA_BACKENDS:
+        if not cuda:
+            errors[name] = NOT_ON_CPU
+            continue
+        _bench_sdpa(row, errors, name, point, q, k, v, ref, rep_ms)
+
+    row["errors"] = errors
+    row.update(_ratios(row))
+    return row
+
+
+def run_bench(points: Iterable[Point], profile: GpuProfile, db: str | Path | None = None, rep_ms: int = 100,
+              seed: int = 0, on_point: Callable[[Point, Row], None] | None = None, *, grid: str | None = None,
+              kernel: str = "attention_fwd") -> dict[str, Any]:
+    """Bench every point in turn; returns ``{"provenance", "points", "summary"}`` ready for JSON.
+
+    ``on_point(point, row)`` is called after each point (for a progress bar). ``grid`` only labels the
+    provenance. Call ``select_backend(profile)`` before this, so that the kernels are compiled (or
+    interpreted) as the profile needs.
+    """
+    points = list(points)
+    gpu, cc = device_identity(profile)
+    prov: dict[str, Any] = dict(provenance(gpu, cc))
+    prov.update(profile=profile.name, kernel=kernel, grid=grid, dtype=_dtype_label(points), rep_ms=rep_ms,
+                seed=seed, timing=CPU_TIMING if profile.interpreter else CUDA_TIMING)
+    rows = []
+    for point in points:
+        row = bench_point(point, profile=profile, db=db, rep_ms=rep_ms, seed=seed, gpu_name=gpu, kernel=kernel)
+        rows.append(row)
+        if on_point:
+            on_point(point, row)
+    return {"provenance": prov, "points": rows, "summary": summarize(rows)}
+
+
+def summarize(points: Sequence[Row]) -> dict[str, Any]:
+    """Geometric means of ``best_sdpa_over_tuned`` and ``flash_over_tuned`` over the points where each is
+    defined (null where none is), how many points each covers, and the largest tuned rel_err."""
+    best = [r["best_sdpa_over_tuned"] for r in points if _positive(r.get("best_sdpa_over_tuned"))]
+    flash = [r["flash_over_tuned"] for r in points if _positive(r.get("flash_over_tuned"))]
+    errs = [r["tuned_rel_err"] for r in points if r.get("tuned_rel_err") is not None]
+    return {
+        "points": len(points),
+        "geomean_best_sdpa_over_tuned": geomean(best),
+        "n_best_sdpa_over_tuned": len(best),
+        "geomean_flash_over_tuned": geomean(flash),
+        "n_flash_over_tuned": len(flash),
+        "max_tuned_rel_err": max(errs) if errs else None,
+    }
+
+
+def geomean(values: Sequence[float]) -> float | None:
+    """The geometric mean of positive ``values``; None for none."""
+    if not values:
+        return None
+    return math.exp(sum(math.log(x) for x in values) / len(values))
+
+
+def plot_bench(result: dict[str, Any], path: str | Path) -> None:
+    """Write a PNG of TF/s per point for each provider (grouped bars) to ``path``.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). Refused providers leave a
+    gap. AutotuneError if matplotlib is missing.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError:
+        raise AutotuneError("--plot needs matplotlib: pip install 'flashcore[plot]'") from None
+    rows = result["points"]
+    prov = result.get("provenance", {})
+    labels = [r.get("label") or Point(r["batch"], r["heads"], r["seq_len"], r["head_dim"], r["causal"],
+                                      r["dtype"]).label for r in rows]
+    fig = Figure(figsize=(max(6.0, 0.6 * len(rows) + 3), 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(PROVIDERS)
+    shown: list[float] = []
+    handles: list[Any] = []
+    for i, p in enumerate(PROVIDERS):
+        xs = [j + (i - (len(PROVIDERS) - 1) / 2) * width for j in range(len(rows))]
+        ys = [r.get(f"{p}_tflops") for r in rows]
+        pairs = [(x, y) for x, y in zip(xs, ys) if _positive(y)]
+        shown += [y for _, y in pairs]
+        ax.bar([x for x, _ in pairs], [y for _, y in pairs], width=width, color=f"C{i}")
+        handles.append(Patch(color=f"C{i}", label=p if pairs else f"{p} (no figures)"))
+    if shown and max(shown) / min(shown) > 20:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("TF/s")
+    ax.set_xlim(-0.6, max(len(rows), 1) - 0.4)
+    date = str(prov.get("date", ""))[:10]
+    timing = "\nCPU wall time through Triton's interpreter: meaningless for speed" \
+        if prov.get("timing") == CPU_TIMING else ""
+    grid = f", grid {prov['grid']}" if prov.get("grid") else ""
+    fig.suptitle(f"FlashCore bench on {prov.get('gpu', '?')}, {date}\n{prov.get('dtype', '')}{grid}, "
+                 f"tuned kernel vs PyTorch SDPA{timing}", fontsize=10)
+    ax.legend(handles=handles, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, format="png", dpi=120)
+
+
+# --- internals ---------------------------------------------------------------------------------------------
+
+def _record(row: Row, errors: dict[str, str], name: str, point: Point, ref: torch.Tensor,
+            fn: Callable[[], torch.Tensor], *, cuda: bool, rep_ms: int, gate: bool = False) -> None:
+    """Run ``fn`` once, check its output against ``ref``, then time it and fill ``row``'s figures.
+
+    Non-finite output leaves the figures null with the reason in ``errors``. With ``gate``, an output outside
+    the correctness gate's tolerance is still timed, but the gate's verdict is recorded in ``errors``.
+    Exceptions of ``fn`` propagate (the caller knows which ones mean a refusal).
+    """
+    result = fn()
+    if cuda:
+        torch.cuda.synchronize()
+    verdict = _gate.check(result, ref, point.dtype)
+    if not math.isfinite(verdict.rel_err):
+        errors[name] = f"output not usable: {verdict.reason}"
+        return
+    if gate and not verdict.passed:
+        errors[name] = f"gate failed: {verdict.reason}"
+    del result
+    timing = measure(fn, cuda=cuda, rep_ms=rep_ms)
+    row[f"{name}_us"] = timing.median_us
+    row[f"{name}_p95_us"] = timing.p95_us
+    row[f"{name}_tflops"] = point.flops / (timing.median_us * 1e-6) / 1e12
+    row[f"{name}_rel_err"] = verdict.rel_err
+
+
+def _bench_sdpa(row: Row, errors: dict[str, str], name: str, point: Point, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor, ref: torch.Tensor, rep_ms: int) -> None:
+    """One SDPA backend forced alone; its refusal (RuntimeError, with torch's warnings saying why) is recorded."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]
+
+    def call() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=point.causal)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel([backend]):
+                _record(row, errors, name, point, ref, call, cuda=True, rep_ms=rep_ms)
+        except RuntimeError as exc:  # no kernel of this backend runs here (or it ran out of memory)
+            for f in FIGURES:
+                row[f"{name}_{f}"] = None
+            errors[name] = _refusal(exc, [str(w.message) for w in caught])
+
+
+def _refusal(exc: BaseException, notes: list[str], limit: int = 400) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    why = [_TRIGGERED.sub("", " ".join(n.split())).strip() for n in notes if n.strip()]
+    # Drop torch's header lines ("... not used because:") and its notes on the backends we turned off.
+    why = [n for n in why if n and "not used because" not in n and "runtime disabled" not in n]
+    if why:
+        text = f"{text} ({'; '.join(dict.fromkeys(why))})"
+    return text[:limit]
+
+
+def _ratios(row: Row) -> dict[str, float | None]:
+    tuned = row.get("tuned_us")
+    sdpa = [row[f"{b}_us"] for b in SDPA_BACKENDS if _positive(row.get(f"{b}_us"))]
+    ok = _positive(tuned)
+    return {
+        "best_sdpa_over_tuned": min(sdpa) / tuned if ok and sdpa else None,
+        "flash_over_tuned": row["flash_us"] / tuned if ok and _positive(row.get("flash_us")) else None,
+    }
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _dtype_label(points: Sequence[Point]) -> str | None:
+    names = sorted({p.dtype for p in points})
+    return ",".join(names) if names else None
