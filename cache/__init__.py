@@ -4,6 +4,7 @@ Importing this package has no side effects: nothing is opened or created until `
 """
 
 from ._errors import CacheError, TableError
+from ._merge import MergeReport, merge_caches
 from ._migrations import SCHEMA_VERSION
 from ._store import CacheStore
 from ._tables import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
@@ -18,10 +19,12 @@ __all__ = [
     "CacheKey",
     "CacheStore",
     "Entry",
+    "MergeReport",
     "TableError",
     "TrialRecord",
     "entry_to_dict",
     "export_table",
+    "merge_caches",
     "parse_table",
     "read_table",
     "write_csv",

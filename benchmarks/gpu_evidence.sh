@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's GPU evidence, run on the H100 from a committed state:
+#   FLASHCORE_COMMIT=<sha> benchmarks/gpu_evidence.sh OUTDIR STAGE [STAGE ...]
+# Stages: tests, small, fault, default, bench, overhead. Each writes its log/JSON/PNG into OUTDIR, each
+# headed by its provenance (GPU, torch, triton, commit, date); the cache file is $DB (default OUTDIR/h100.db).
+set -uo pipefail
+out=$1; shift
+db=${DB:-$out/h100.db}
+at() { python3 -m autotune "$@"; }
+prov() {
+  python3 - <<'PY'
+import json, torch
+from autotune._toolchain import provenance
+print("provenance:", json.dumps(provenance(torch.cuda.get_device_name(), "%d.%d" % torch.cuda.get_device_capability())))
+PY
+}
+for stage in "$@"; do
+  echo "=== $stage $(date -u +%FT%TZ)"
+  case $stage in
+    tests) { prov; python3 -m pytest -m gpu -q -p no:cacheprovider; } 2>&1 | tee "$out/gpu-tests.log" | tail -5 ;;
+    small) { prov; at sweep --gpu h100 --grid small --db "$db"; } 2>&1 | tee "$out/sweep-small.log" | tail -14
+           at export --db "$db" --format json -o "$out/sweep-small.json" ;;
+    fault) { prov; FLASHCORE_FAULT_INJECTION=1 at sweep --gpu h100 --grid smoke --kernel attention_fwd_faulty \
+               --trials 1000 --db "$out/fault.db"; } 2>&1 | tee "$out/fault-sweep.log" | tail -12 ;;
+    default) { prov; at sweep --gpu h100 --grid default --trials "${TRIALS:-20}" --db "$db"; } 2>&1 \
+               | tee "$out/sweep-default.log" | tail -40
+             at export --db "$db" --format json -o "$out/h100-float16.json" ;;
+    bench) at bench --gpu h100 --grid "${GRID:-default}" --db "$db" --out "$out/bench-${GRID:-default}.json" \
+             --plot "$out/bench-${GRID:-default}.png" 2>&1 | tee "$out/bench-${GRID:-default}.log" | tail -45 ;;
+    overhead) python3 benchmarks/overhead.py --db "$db" --out "$out/overhead.json" 2>&1 | tail -30 ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
