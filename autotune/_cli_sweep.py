@@ -1,55 +1,78 @@
-"""`autotune sweep`: resolve the profile and grid, run the sweep under a progress bar, print the winners."""
+"""`autotune sweep`: resolve the profile and grid, run the sweep under a progress bar, print the winners.
+
+Trials always run in a worker process (``autotune._worker``); every failed trial is logged with its reason.
+The per-trial timeout is $FLASHCORE_TRIAL_TIMEOUT seconds (default 120 on a GPU, 900 on cpu).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ._console import console as make_console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ._backend import select_backend
+from ._console import console as make_console
 from ._grids import format_config, get_grid
 from ._paths import resolve_db
 from ._profiles import resolve_profile
 
+_QUIET = ("ok", "invalid")  # statuses not logged one by one
+
 
 def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None, seed: int, dtype: str,
-              retune: bool) -> None:
+              retune: bool, kernel: str = "attention_fwd") -> None:
+    """Sweep ``grid`` for ``kernel`` on profile ``gpu`` into the cache ``db``; print the winners."""
     from cache import CacheStore
+    from kernels import get_family
 
     from ._dispatch import clear_cache
     from ._inputs import torch_dtype
     from ._sweep import DEFAULT_TRIALS, sweep
+    from ._worker import default_timeout
 
     torch_dtype(dtype)
     profile = resolve_profile(gpu)
+    family = get_family(kernel)
     points = get_grid(grid or ("smoke" if profile.interpreter else "default"), dtype)
     select_backend(profile)
+    timeout_s = default_timeout(profile)
     path = resolve_db(db)
     n_trials = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     console = make_console(stderr=True)
-    console.print(f"sweep: profile [bold]{profile.name}[/], {len(points)} points, up to {n_trials} trials each, "
-                  f"cache {path}")
-    with CacheStore.open(path) as store, Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=False) as progress:
-        overall = progress.add_task("points", total=len(points))
-        current = progress.add_task("trials", total=n_trials)
+    with CacheStore.open(path) as store:  # first: a bad cache file is one error line, before any output
+        console.print(f"sweep: kernel [bold]{family.name}[/], profile [bold]{profile.name}[/], {len(points)} "
+                      f"points, up to {n_trials} trials each, {timeout_s:g} s per trial, cache {path}")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            overall = progress.add_task("points", total=len(points))
+            current = progress.add_task("trials", total=n_trials)
 
-        def on_point(point, i):
-            progress.update(current, completed=0, description=f"{point.label}")
+            def on_point(point, i):
+                progress.update(current, completed=0, description=f"{point.label}")
 
-        def on_trial(point, record):
-            if record.status != "invalid":
-                progress.advance(current)
+            def on_trial(point, record):
+                if record.status != "invalid":
+                    progress.advance(current)
+                if record.status not in _QUIET:
+                    progress.console.print(f"  {point.label} {escape(f'[{format_config(record.config)}]')}: "
+                                           f"{record.status}: {escape(record.reason)}", highlight=False)
 
-        def on_done(res):
-            progress.update(current, completed=n_trials)
-            progress.advance(overall)
+            def on_wait(point):
+                progress.console.print(f"  {point.label}: another process is tuning it; coming back to it later")
 
-        results = sweep(points, profile=profile, store=store, trials=n_trials, seed=seed, retune=retune,
-                        on_point=on_point, on_trial=on_trial, on_done=on_done)
+            def on_done(res):
+                progress.update(current, completed=n_trials)
+                progress.advance(overall)
+                if res.resumed and not res.skipped:
+                    progress.console.print(f"  {res.point.label}: resumed, {res.resumed} trial(s) recorded earlier")
+                if res.error:
+                    progress.console.print(f"  {res.point.label}: [red]not tuned[/]: {escape(res.error)}")
+
+            results = sweep(points, profile=profile, store=store, trials=n_trials, seed=seed, kernel=family,
+                            retune=retune, on_point=on_point, on_trial=on_trial, on_done=on_done,
+                            on_wait=on_wait, trial_timeout_s=timeout_s)
     clear_cache()
     make_console().print(summary_table(results))
     missing = [r.point.label for r in results if r.best is None]
@@ -58,6 +81,7 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
 
 
 def summary_table(results) -> Table:
+    """The winners of a sweep, one row per point."""
     table = Table(title="winners")
     for col in ("point", "config", "median µs", "TF/s", "rel err", "ok/fail/invalid", "note"):
         table.add_column(col)
@@ -66,7 +90,8 @@ def summary_table(results) -> Table:
         invalid = sum(t.status == "invalid" for t in r.trials)
         b = r.best
         cfg = format_config(b.config) if b else "-"
+        note = "cached" if r.skipped else "error" if r.error else "" if b else "no winner"
         table.add_row(r.point.label, cfg, f"{b.median_us:.1f}" if b else "-", f"{b.tflops:.1f}" if b else "-",
                       f"{b.rel_err:.2e}" if b and b.rel_err is not None else "-",
-                      f"{ok}/{r.failures}/{invalid}", "cached" if r.skipped else ("" if b else "no winner"))
+                      f"{ok}/{r.failures}/{invalid}", note)
     return table

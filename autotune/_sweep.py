@@ -1,29 +1,48 @@
-"""A sweep: one seeded Optuna study per point, every trial gated, the fastest passing config kept.
+"""A sweep: one seeded Optuna study per point, every trial gated in a worker process, the fastest passing config kept.
+
+Nothing tuned is lost and nothing is done twice. Studies live in an Optuna journal next to the cache
+(``<db>.optuna.log``, safe for several processes); every trial is written to the cache's trials table before
+Optuna is told, and the trials table is the record of what was run. So a sweep killed at any moment and
+started again with the same arguments skips the points that have a winner, and at the others runs only the
+configs not yet recorded (a point whose budget was spent without a passing config counts as done).
+
+Several processes may sweep into one cache: each claims a point before tuning it (``_worker.PointClaim``, an
+``flock`` that the kernel drops when its process dies, even by kill -9), and comes back at the end to the
+points others were tuning. A winner is replaced only by a faster passing config.
 
 Optuna is imported here, inside the functions, never by ``import autotune``: run time does not pay for it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import os
+import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from cache import CacheKey, CacheStore, Entry, TrialRecord
-from kernels import get_family
+from kernels import KernelFamily, get_family
 from search_spaces import load_space
 
 from ._grids import Point
 from ._profiles import GpuProfile, device_identity
 from ._toolchain import make_key, now_iso
 from ._trial import TrialOutcome, prepare, run_trial
+from ._worker import Flock, PointClaim, TrialWorker, WorkerError
 
 DEFAULT_TRIALS = {"gpu": 30, "cpu": 6}
 
 
 @dataclass
 class PointResult:
-    """What tuning one point produced."""
+    """What tuning one point produced (``trials`` includes those recorded by an earlier, interrupted run)."""
 
     point: Point
     key: CacheKey
@@ -31,6 +50,8 @@ class PointResult:
     best: TrialRecord | None = None
     valid_configs: int = 0
     skipped: bool = False  # already tuned in the cache, not re-run
+    resumed: int = 0  # trials carried over from an earlier run of the same study
+    error: str = ""  # the point could not be prepared (WorkerError); nothing was tuned
 
     @property
     def failures(self) -> int:
@@ -41,67 +62,96 @@ TrialCallback = Callable[[Point, TrialRecord], None]
 
 
 def config_id(config: dict[str, Any]) -> tuple:
+    """A hashable identity of a config."""
     return tuple(sorted(config.items()))
 
 
 def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: int, seed: int = 0,
-               kernel: str = "attention_fwd", on_trial: TrialCallback | None = None,
-               rep_ms: int = 100) -> PointResult:
+               kernel: str | KernelFamily = "attention_fwd", on_trial: TrialCallback | None = None,
+               rep_ms: int = 100, isolate: bool = True, worker: TrialWorker | None = None,
+               trial_timeout_s: float | None = None, fresh: bool = False) -> PointResult:
     """Run one seeded TPE study at ``point``: up to ``trials`` measured configs, the default one first.
 
     Configs that break a validity rule are recorded as "invalid" and never compiled; every other one is run
-    on NaN-poisoned output, gated against fp32 and timed. Failures are recorded with their reason and told
-    to Optuna as failed, so they can never win. The fastest passing config becomes the key's winner unless
-    the cache already holds a faster one.
+    on NaN-poisoned output, gated against fp32 and timed, in ``worker`` (or a worker of its own; in this
+    process with ``isolate=False``, for tests only). Failures (including crashes and timeouts of the worker)
+    are recorded with their reason and told to Optuna as failed, so they can never win. The fastest passing
+    config becomes the key's winner unless the cache already holds a faster one.
+
+    The study is resumed if it exists: configs it already recorded are not run again. ``fresh`` starts a
+    new study instead (``--retune``).
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    family = get_family(kernel)
+    family = get_family(kernel) if isinstance(kernel, str) else kernel
     space = load_space(family.space, profile.name if profile.interpreter else "default")
     gpu, cc = device_identity(profile)
     key = make_key(point, family, gpu, cc)
-    result = PointResult(point, key, valid_configs=len(space.candidates(point, profile)))
-    ctx = prepare(point, family, profile, space, seed)
-
-    study_name = f"{key.id}-seed{seed}"
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)))
-    study = optuna.create_study(direction="minimize", sampler=sampler, study_name=study_name)
     candidates = space.candidates(point, profile)
-    if len(candidates) <= trials:  # the whole valid space fits in the budget: try all of it
-        for config in candidates:
-            study.enqueue_trial(config)
-    else:
-        default = space.default_for(point, profile)
-        if config_id(default) in {config_id(c) for c in candidates}:
-            study.enqueue_trial(default)
+    result = PointResult(point, key, valid_configs=len(candidates))
+    # the space's digest: a study cannot take new values for a parameter, so an edited space starts afresh
+    digest = hashlib.sha256(json.dumps(space.params, default=str).encode()).hexdigest()[:8]
+    study_name = f"{key.id}-seed{seed}-space{digest}"
+    if fresh:
+        study_name += f"-retune-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}"
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)))
+    study = optuna.create_study(storage=_storage(store), sampler=sampler, study_name=study_name,
+                                direction="minimize", load_if_exists=True)
 
-    seen: dict[tuple, float | None] = {}
-    measured, asks = 0, 0
+    seen: dict[tuple, float | None] = {}  # config -> median µs; NaN: failed; None: invalid
+    result.trials = [t for t in store.trials(key) if t.study == study_name]
+    result.resumed = len(result.trials)
+    for rec in result.trials:
+        seen[config_id(rec.config)] = _value(rec)
+    _catch_up(study, space, result.trials)
+
+    full = len(candidates) <= trials  # the whole valid space fits in the budget: try all of it
+    default = space.default_for(point, profile)
+    todo = [c for c in (candidates if full else [default] if default in candidates else [])
+            if config_id(c) not in seen]
     budget = min(trials, len(candidates))
-    while measured < budget and asks < 50 * max(1, trials):
-        asks += 1
-        trial = study.ask()
-        config = {name: trial.suggest_categorical(name, list(values)) for name, values in space.params}
-        cid = config_id(config)
-        if cid in seen:  # already measured (or pruned) at this point: tell Optuna again, run nothing
+    measured = sum(v is not None for v in seen.values())
+    untried = {config_id(c) for c in candidates} - seen.keys()  # empty: nothing left to learn at this point
+    own = worker is None and isolate and measured < budget
+    if own:
+        worker = TrialWorker(family, profile, seed=seed, timeout_s=trial_timeout_s, rep_ms=rep_ms)
+    ctx = None
+    origin = {"process": f"{socket.gethostname()}:{os.getpid()}"}
+    try:
+        asks = 0
+        while measured < budget and untried and asks < 50 * max(1, trials):
+            asks += 1
+            if todo:  # asked next, unless an earlier run left an enqueued config waiting (it comes first)
+                study.enqueue_trial(todo.pop(0))
+            trial = study.ask()
+            config = {name: trial.suggest_categorical(name, list(values)) for name, values in space.params}
+            cid = config_id(config)
+            if cid in seen:  # already measured (or pruned) at this point: tell Optuna again, run nothing
+                _tell(study, trial, seen[cid], pruned=seen[cid] is None)
+                continue
+            broken = space.violations(config, point, profile)
+            if broken:
+                outcome = TrialOutcome("invalid", "; ".join(broken))
+            elif worker is not None:
+                outcome = worker.bind(point).run(config)
+            else:
+                ctx = ctx or prepare(point, family, profile, space, seed)
+                outcome = run_trial(ctx, config, rep_ms=rep_ms)
+            record = _record(key, config, outcome, study_name, trial.number, origin)
+            store.add_trial(record)  # before telling Optuna: the cache is the record of what ran
+            result.trials.append(record)
+            if on_trial:
+                on_trial(point, record)
+            seen[cid] = _value(record)
+            untried.discard(cid)
+            measured += seen[cid] is not None
             _tell(study, trial, seen[cid], pruned=seen[cid] is None)
-            continue
-        outcome = run_trial(ctx, config, rep_ms=rep_ms)
-        record = _record(key, config, outcome, study_name, trial.number)
-        result.trials.append(record)
-        store.add_trial(record)
-        if on_trial:
-            on_trial(point, record)
-        if outcome.status == "invalid":
-            seen[cid] = None
-            _tell(study, trial, None, pruned=True)
-            continue
-        measured += 1
-        seen[cid] = outcome.median_us if outcome.status == "ok" else float("nan")
-        _tell(study, trial, seen[cid])
+    finally:
+        if own and worker is not None:
+            worker.close()
 
-    passing = [t for t in result.trials if t.status == "ok"]
+    passing = [t for t in result.trials if t.status == "ok" and t.median_us is not None]
     if passing:
         result.best = min(passing, key=lambda t: t.median_us)
         store.put_winner(to_entry(result.best))
@@ -109,32 +159,64 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
 
 
 def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, trials: int | None = None,
-          seed: int = 0, kernel: str = "attention_fwd", retune: bool = False,
+          seed: int = 0, kernel: str | KernelFamily = "attention_fwd", retune: bool = False,
           on_point: Callable[[Point, int], None] | None = None, on_trial: TrialCallback | None = None,
-          on_done: Callable[[PointResult], None] | None = None, rep_ms: int = 100) -> list[PointResult]:
-    """Tune every point in turn; points the cache already has a current winner for are skipped unless
-    ``retune``. ``on_point(point, index)``, ``on_trial`` and ``on_done`` let a front end show progress."""
+          on_done: Callable[[PointResult], None] | None = None, rep_ms: int = 100, isolate: bool = True,
+          trial_timeout_s: float | None = None, on_wait: Callable[[Point], None] | None = None,
+          poll_s: float = 1.0) -> list[PointResult]:
+    """Tune every point, one worker process for the whole sweep; results come back in the order of ``points``.
+
+    Points the cache already has a current winner for are skipped unless ``retune``. A point another process
+    has claimed is left for later (``on_wait(point)``) and taken up once that process releases it, when it
+    usually has a winner. ``on_point(point, index)``, ``on_trial`` and ``on_done`` let a front end show progress.
+    """
     n = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
-    family = get_family(kernel)
+    family = get_family(kernel) if isinstance(kernel, str) else kernel
     gpu, cc = device_identity(profile)
-    results = []
-    for i, point in enumerate(points):
-        if on_point:
-            on_point(point, i)
+    results: dict[int, PointResult] = {}
+    worker = TrialWorker(family, profile, seed=seed, timeout_s=trial_timeout_s, rep_ms=rep_ms) if isolate else None
+
+    def take(i: int, point: Point) -> bool:
         key = make_key(point, family, gpu, cc)
-        existing = None if retune else store.get_winner(key)
-        if existing is not None:
-            res = PointResult(point, key, skipped=True)
-            res.best = TrialRecord(key=key, config=existing.config, status="ok", median_us=existing.median_us,
-                                   p95_us=existing.p95_us, p99_us=existing.p99_us, tflops=existing.tflops,
-                                   rel_err=existing.rel_err, created_at=existing.created_at)
-        else:
-            res = tune_point(point, profile=profile, store=store, trials=n, seed=seed, kernel=kernel,
-                             on_trial=on_trial, rep_ms=rep_ms)
-        results.append(res)
+        res = None if retune else _cached(point, key, store)
+        if res is None:
+            claim = PointClaim(store, key)
+            if not claim.acquire():
+                return False
+            try:  # the process that held the claim may have just finished the point
+                res = None if retune else _cached(point, key, store)
+                if res is None:
+                    if on_point:
+                        on_point(point, i)
+                    try:
+                        res = tune_point(point, profile=profile, store=store, trials=n, seed=seed, kernel=family,
+                                         on_trial=on_trial, rep_ms=rep_ms, isolate=isolate, worker=worker,
+                                         fresh=retune)
+                    except WorkerError as exc:
+                        res = PointResult(point, key, error=str(exc))
+            finally:
+                claim.release()
+        elif on_point:
+            on_point(point, i)
+        results[i] = res
         if on_done:
             on_done(res)
-    return results
+        return True
+
+    try:
+        waiting = []
+        for i, point in enumerate(points):
+            if not take(i, point):
+                waiting.append((i, point))
+                if on_wait:
+                    on_wait(point)
+        while waiting:
+            time.sleep(poll_s)
+            waiting = [(i, point) for i, point in waiting if not take(i, point)]
+    finally:
+        if worker is not None:
+            worker.close()
+    return [results[i] for i in sorted(results)]
 
 
 def to_entry(record: TrialRecord) -> Entry:
@@ -143,16 +225,70 @@ def to_entry(record: TrialRecord) -> Entry:
                  p99_us=record.p99_us, tflops=record.tflops, rel_err=record.rel_err, created_at=record.created_at)
 
 
-def _record(key: CacheKey, config: dict, outcome: TrialOutcome, study: str, number: int) -> TrialRecord:
+def study_journal(store: CacheStore) -> Path | None:
+    """The Optuna journal of the studies of ``store`` (None for an in-memory store)."""
+    return None if store.path is None else Path(f"{store.path}.optuna.log")
+
+
+def _storage(store: CacheStore) -> Any:
+    journal = study_journal(store)
+    if journal is None:
+        return None
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    # flock instead of Optuna's lock files, which a killed process leaves behind for their 30 s grace period
+    lock = Flock(f"{journal}.flock")
+    return JournalStorage(JournalFileBackend(str(journal), lock_obj=lock))  # type: ignore[arg-type]
+
+
+def _cached(point: Point, key: CacheKey, store: CacheStore) -> PointResult | None:
+    existing = store.get_winner(key)
+    if existing is None:
+        return None
+    res = PointResult(point, key, skipped=True)
+    res.best = TrialRecord(key=key, config=existing.config, status="ok", median_us=existing.median_us,
+                           p95_us=existing.p95_us, p99_us=existing.p99_us, tflops=existing.tflops,
+                           rel_err=existing.rel_err, created_at=existing.created_at)
+    return res
+
+
+def _value(rec: TrialRecord) -> float | None:
+    if rec.status == "invalid":
+        return None
+    return rec.median_us if rec.status == "ok" and rec.median_us is not None else float("nan")
+
+
+def _catch_up(study: Any, space: Any, records: list[TrialRecord]) -> None:
+    """Tell the study the recorded trials it lacks (those run just before a kill, before Optuna was told)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    known = {config_id(t.params) for t in study.get_trials(deepcopy=False, states=finished)}
+    dists = {name: optuna.distributions.CategoricalDistribution(list(values)) for name, values in space.params}
+    for rec in records:
+        cid = config_id(rec.config)
+        if cid in known or set(rec.config) != set(dists) or any(
+                rec.config[n] not in d.choices for n, d in dists.items()):
+            continue
+        value = _value(rec)
+        state = (TrialState.PRUNED if value is None else TrialState.FAIL if math.isnan(value)
+                 else TrialState.COMPLETE)
+        study.add_trial(optuna.trial.create_trial(params=dict(rec.config), distributions=dists, state=state,
+                                                  value=value if state == TrialState.COMPLETE else None))
+        known.add(cid)
+
+
+def _record(key: CacheKey, config: dict, outcome: TrialOutcome, study: str, number: int,
+            origin: dict[str, Any]) -> TrialRecord:
     return TrialRecord(key=key, config=config, status=outcome.status, reason=outcome.reason,
                        median_us=outcome.median_us, p95_us=outcome.p95_us, p99_us=outcome.p99_us,
                        tflops=outcome.tflops, rel_err=outcome.rel_err, max_abs_err=outcome.max_abs_err,
-                       study=study, trial_number=number, created_at=now_iso(), extra=outcome.extra)
+                       study=study, trial_number=number, created_at=now_iso(), extra={**outcome.extra, **origin})
 
 
-def _tell(study, trial, value: float | None, pruned: bool = False) -> None:
-    import math
-
+def _tell(study: Any, trial: Any, value: float | None, pruned: bool = False) -> None:
     import optuna
 
     if pruned:

@@ -1,6 +1,8 @@
 """One trial: check the rules, run the config on poisoned output, gate it against fp32, then time it.
 
-This is the only place a sweep touches the GPU; isolation and timing policy change here and nowhere else.
+This is the only place a sweep touches the GPU; timing policy changes here and nowhere else. Isolation (a worker
+process per sweep, replaced after a crash) lives in ``_worker.py``, which calls :func:`prepare` and
+:func:`run_trial` in the child.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class PointContext:
 
 @dataclass
 class TrialOutcome:
+    """What one trial produced: its figures, or the failure status and one-line reason."""
+
     status: str  # "ok" or a failure status of cache.TRIAL_STATUSES
     reason: str = ""
     median_us: float | None = None
@@ -45,6 +49,7 @@ class TrialOutcome:
     rel_err: float | None = None
     max_abs_err: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    fatal: bool = False  # the device may be unusable after this trial (dead CUDA context): replace the worker
 
 
 def prepare(point, family, profile, space, seed: int = 0) -> PointContext:
@@ -56,33 +61,57 @@ def prepare(point, family, profile, space, seed: int = 0) -> PointContext:
     return PointContext(point, family, profile, space, q, k, v, ref, cuda)
 
 
-def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100) -> TrialOutcome:
-    """Run ``config`` at the context's point and return its outcome; never raises for a bad config."""
-    broken = ctx.space.violations(config, ctx.point, ctx.profile)
+def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, time_it: bool = True,
+              rules: bool = True) -> TrialOutcome:
+    """Run ``config`` at the context's point and return its outcome; never raises for a bad config.
+
+    ``time_it=False`` stops after the gate and ``rules=False`` skips the search space's validity rules (both
+    for ``autotune validate``, which asks only whether a served config is correct). A device error that is
+    not a ``KernelError`` (an illegal memory access surfaces at the synchronisation, as a RuntimeError) is a
+    "launch_error" marked ``fatal`` on CUDA, since the context is dead after it; out of device memory is
+    "resources".
+    """
+    broken = ctx.space.violations(config, ctx.point, ctx.profile) if rules else []
     if broken:
         return TrialOutcome("invalid", "; ".join(broken))
     launch = ctx.family.launch()
-    out = torch.full_like(ctx.q, float("nan"))
-    call = lambda: launch(ctx.q, ctx.k, ctx.v, config, causal=ctx.point.causal, out=out)  # noqa: E731
     t0 = time.perf_counter()
     try:
+        out = torch.full_like(ctx.q, float("nan"))
+        call = lambda: launch(ctx.q, ctx.k, ctx.v, config, causal=ctx.point.causal, out=out)  # noqa: E731
         call()
         if ctx.cuda:
             torch.cuda.synchronize()
     except KernelError as exc:
         return TrialOutcome(exc.kind, str(exc))
+    except RuntimeError as exc:
+        return _device_failure(ctx, exc)
     first_s = time.perf_counter() - t0
     verdict = _gate.check(out, ctx.ref, ctx.point.dtype)
     figures = dict(rel_err=_finite(verdict.rel_err), max_abs_err=_finite(verdict.max_abs_err))
     if not verdict.passed:
         return TrialOutcome("gate_failed", verdict.reason, **figures, extra={"first_call_s": round(first_s, 4)})
+    if not time_it:
+        return TrialOutcome("ok", "", **figures, extra={"first_call_s": round(first_s, 4)})
     try:
         timing = measure(call, cuda=ctx.cuda, rep_ms=rep_ms)
     except KernelError as exc:
         return TrialOutcome(exc.kind, str(exc), **figures)
+    except RuntimeError as exc:
+        return _device_failure(ctx, exc, figures)
     tflops = ctx.point.flops / (timing.median_us * 1e-6) / 1e12
     return TrialOutcome("ok", "", timing.median_us, timing.p95_us, timing.p99_us, tflops, **figures,
                         extra={"first_call_s": round(first_s, 4), "timing": timing.method})
+
+
+def _device_failure(ctx: PointContext, exc: RuntimeError, figures: dict[str, Any] | None = None) -> TrialOutcome:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+    if isinstance(exc, torch.OutOfMemoryError):
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+        return TrialOutcome("resources", reason, **(figures or {}))
+    return TrialOutcome("launch_error", reason, **(figures or {}), fatal=ctx.cuda)
 
 
 def _finite(x: float) -> float | None:

@@ -49,12 +49,19 @@ def sweep(
     seed: Annotated[int, typer.Option(help="Seed of the Optuna sampler and the inputs.")] = 0,
     dtype: Annotated[str, typer.Option(help="float16 or bfloat16.")] = "float16",
     retune: Annotated[bool, typer.Option(help="Tune points the cache already has a winner for.")] = False,
+    kernel: Annotated[str, typer.Option(help="Kernel family to tune: attention_fwd, or attention_fwd_faulty "
+                                             "(fault injection for tests, needs FLASHCORE_FAULT_INJECTION=1: its "
+                                             "default config faults).")] = "attention_fwd",
 ) -> None:
-    """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached."""
+    """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached.
+
+    Trials run in a worker process: a crashing or hanging config ($FLASHCORE_TRIAL_TIMEOUT s, default 120 on a
+    GPU) is recorded and the sweep goes on. A killed sweep, started again with the same arguments, resumes.
+    """
     from ._cli_sweep import run_sweep
 
     with domain_errors():
-        run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune)
+        run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel)
 
 
 @app.command()
@@ -76,6 +83,23 @@ def bench(
 
     with domain_errors():
         run_bench_cli(gpu=gpu, grid=grid, db=db, dtype=dtype, out=out, plot=plot, rep_ms=rep_ms)
+
+
+@app.command()
+def validate(
+    db: DbOption = None,
+    gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
+                                          "or cpu (Triton's interpreter).")] = "auto",
+    drop: Annotated[bool, typer.Option(help="Delete the winners that fail (otherwise exit 1 if any "
+                                            "fails).")] = False,
+) -> None:
+    """Re-run the correctness gate on every winner this toolchain would serve on this device."""
+    from ._cli_validate import run_validate
+
+    with domain_errors():
+        failed = run_validate(db=db, gpu=gpu, drop=drop)
+    if failed and not drop:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -120,6 +144,23 @@ def misses(db: DbOption = None) -> None:
 
     with domain_errors():
         show_misses(db)
+
+
+@app.command()
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Cache files to merge (A.db B.db ...): only read, never modified. List OUT among them to merge into it.",
+        metavar="INPUT.db", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The merged cache to write (built in a temporary "
+                                                                "file next to it, renamed at the end).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists and is not one of the "
+                                                 "inputs.")] = False,
+) -> None:
+    """Merge the caches of several hosts: per key the fastest winner, and every trial of every input exactly once."""
+    from ._cli_merge import run_merge
+
+    with domain_errors():
+        run_merge(inputs, output, overwrite)
 
 
 def main() -> None:

@@ -54,12 +54,31 @@ FAMILIES: dict[str, KernelFamily] = {
 }
 
 
+# TEST ONLY: faults on one config (kernels/fault_injection.py); served by get_family only while
+# FLASHCORE_FAULT_INJECTION=1, read at every lookup, and never listed in FAMILIES.
+FAULT_INJECTION_ENV = "FLASHCORE_FAULT_INJECTION"
+FAULTY_FAMILY = KernelFamily(
+    name="attention_fwd_faulty",
+    launcher="kernels.fault_injection:attention_fwd_faulty",
+    reference="kernels.reference:attention_reference",
+    space="attention_fwd",
+    sources=("attention_fwd.py", "launch.py", "fault_injection.py"),
+    dtypes=("float16", "bfloat16"),
+)
+
+
 def get_family(name: str) -> KernelFamily:
-    """The registered family called ``name``; KeyError with the known names otherwise."""
+    """The registered family called ``name``; KeyError with the known names otherwise.
+
+    ``attention_fwd_faulty`` (fault injection, for tests) exists only while FLASHCORE_FAULT_INJECTION=1.
+    """
+    families = dict(FAMILIES)
+    if os.environ.get(FAULT_INJECTION_ENV) == "1":
+        families[FAULTY_FAMILY.name] = FAULTY_FAMILY
     try:
-        return FAMILIES[name]
+        return families[name]
     except KeyError:
-        raise KeyError(f"unknown kernel {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
+        raise KeyError(f"unknown kernel {name!r}; known: {', '.join(sorted(families))}") from None
 
 
 def ensure_backend() -> None:

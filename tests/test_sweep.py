@@ -1,4 +1,6 @@
-"""Sweeps: real Optuna studies over real kernels (interpreter), every trial gated and recorded."""
+"""Sweeps: real Optuna studies over real kernels (interpreter), every trial gated and recorded.
+
+Trials run in a worker process (the default) except where a test monkeypatches the launcher in this process."""
 
 import pytest
 
@@ -7,6 +9,7 @@ from autotune import PROFILES, Point, check
 from autotune._sweep import sweep, tune_point
 from cache import CacheStore
 from kernels import KernelCompileError, KernelResourceError
+from search_spaces import load_space
 
 CPU = PROFILES["cpu"]
 POINT = Point(1, 3, 77, 64, True)
@@ -28,7 +31,11 @@ def test_tune_point_records_trials_and_keeps_the_fastest_passing(store):
     assert winner.config == res.best.config and winner.median_us == res.best.median_us
     assert len(store.trials(res.key)) == len(res.trials)
     # the space's safe default is tried first
-    assert res.trials[0].config == {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1, "CAUSAL_SPLIT": True}
+    first = res.trials[0].config
+    assert first == load_space("attention_fwd", "cpu").default_for(POINT, CPU)
+    core = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1, "CAUSAL_SPLIT": True}
+    assert {name: first[name] for name in core} == core
+    assert not any(v is True for name, v in first.items() if name not in core)  # other switches off
 
 
 def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
@@ -45,7 +52,8 @@ def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
         return out
 
     monkeypatch.setattr(kernels.launch, "attention_fwd", flaky)
-    res = tune_point(POINT, profile=CPU, store=store, trials=50, seed=0)  # more than the space: all of it
+    # in this process (isolate=False): a spawned worker would not see the monkeypatch; 50 trials: all the space
+    res = tune_point(POINT, profile=CPU, store=store, trials=50, seed=0, isolate=False)
     by_status = {}
     for t in res.trials:
         by_status.setdefault(t.status, []).append(t)
@@ -60,7 +68,7 @@ def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
 
 def test_no_winner_when_nothing_passes(store, monkeypatch):
     monkeypatch.setattr(kernels.launch, "attention_fwd", lambda q, k, v, config, out=None, **kw: out)
-    res = tune_point(POINT, profile=CPU, store=store, trials=3, seed=0)
+    res = tune_point(POINT, profile=CPU, store=store, trials=3, seed=0, isolate=False)
     assert res.best is None and store.get_winner(res.key) is None
     assert {t.status for t in res.trials} <= {"gate_failed", "invalid"}
     assert any("never written" in t.reason for t in res.trials)
