@@ -22,7 +22,7 @@ _QUIET = ("ok", "invalid")  # statuses not logged one by one
 
 
 def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None, seed: int, dtype: str,
-              retune: bool, kernel: str = "attention_fwd") -> None:
+              retune: bool, kernel: str = "attention_fwd", rep_ms: int = 100) -> None:
     """Sweep ``grid`` for ``kernel`` on profile ``gpu`` into the cache ``db``; print the winners."""
     from cache import CacheStore
     from kernels import get_family
@@ -72,7 +72,7 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
 
             results = sweep(points, profile=profile, store=store, trials=n_trials, seed=seed, kernel=family,
                             retune=retune, on_point=on_point, on_trial=on_trial, on_done=on_done,
-                            on_wait=on_wait, trial_timeout_s=timeout_s)
+                            on_wait=on_wait, trial_timeout_s=timeout_s, rep_ms=rep_ms)
     clear_cache()
     make_console().print(summary_table(results))
     missing = [r.point.label for r in results if r.best is None]

@@ -52,6 +52,8 @@ def sweep(
     kernel: Annotated[str, typer.Option(help="Kernel family to tune: attention_fwd, or attention_fwd_faulty "
                                              "(fault injection for tests, needs FLASHCORE_FAULT_INJECTION=1: its "
                                              "default config faults).")] = "attention_fwd",
+    rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing window per trial on a GPU, in ms "
+                                        "(triton.testing.do_bench's rep; 25 ms of warm-up come first).")] = 100,
 ) -> None:
     """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached.
 
@@ -61,7 +63,8 @@ def sweep(
     from ._cli_sweep import run_sweep
 
     with domain_errors():
-        run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel)
+        run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel,
+                  rep_ms=rep_ms)
 
 
 @app.command()

@@ -17,12 +17,12 @@ PY
 for stage in "$@"; do
   echo "=== $stage $(date -u +%FT%TZ)"
   case $stage in
-    tests) { prov; python3 -m pytest -m gpu -q -p no:cacheprovider; } 2>&1 | tee "$out/gpu-tests.log" | tail -5 ;;
-    small) { prov; at sweep --gpu h100 --grid small --db "$db"; } 2>&1 | tee "$out/sweep-small.log" | tail -14
+    tests) { prov; timeout "${TEST_TIMEOUT:-600}" python3 -m pytest -m gpu -q -p no:cacheprovider ${GPU_K:+-k "$GPU_K"}; } 2>&1 | tee "$out/gpu-tests.log" | tail -5 ;;
+    small) { prov; at sweep --gpu h100 --grid small --rep-ms "${REP_MS:-100}" --db "$db"; } 2>&1 | tee "$out/sweep-small.log" | tail -14
            at export --db "$db" --format json -o "$out/sweep-small.json" ;;
     fault) { prov; FLASHCORE_FAULT_INJECTION=1 at sweep --gpu h100 --grid smoke --kernel attention_fwd_faulty \
-               --trials 1000 --db "$out/fault.db"; } 2>&1 | tee "$out/fault-sweep.log" | tail -12 ;;
-    default) { prov; at sweep --gpu h100 --grid default --trials "${TRIALS:-20}" --db "$db"; } 2>&1 \
+               --trials 4 --db "$out/fault.db"; } 2>&1 | tee "$out/fault-sweep.log" | tail -12 ;;
+    default) { prov; timeout "${SWEEP_TIMEOUT:-3600}" python3 -m autotune sweep --gpu h100 --grid default --trials "${TRIALS:-20}" --rep-ms "${REP_MS:-100}" --db "$db"; } 2>&1 \
                | tee "$out/sweep-default.log" | tail -40
              at export --db "$db" --format json -o "$out/h100-float16.json" ;;
     bench) at bench --gpu h100 --grid "${GRID:-default}" --db "$db" --out "$out/bench-${GRID:-default}.json" \
