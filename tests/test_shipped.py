@@ -1,0 +1,63 @@
+"""The H100 table shipped under cache/tables/: valid, served on a matching toolchain, round-trips exactly."""
+
+import json
+from importlib import resources
+
+import pytest
+from typer.testing import CliRunner
+
+from autotune import _dispatch, get_kernel
+from autotune.cli import app
+from cache import parse_table
+from kernels import get_family
+
+TABLE = "h100-float16.json"
+
+
+@pytest.fixture(scope="module")
+def table():
+    return json.loads(resources.files("cache").joinpath("tables", TABLE).read_text())
+
+
+def test_shipped_table_is_valid_and_names_its_provenance(table):
+    entries = parse_table(table)
+    assert len(entries) >= 9
+    assert table["provenance"]["gpu"].startswith("NVIDIA H100")
+    assert {e.key.gpu for e in entries} == {table["provenance"]["gpu"]}
+
+
+def test_shipped_table_matches_the_current_kernel_source(table):
+    # A kernel edit makes every shipped winner stale (never served). Re-run the H100 sweep and re-export
+    # (benchmarks/gpu_evidence.sh) when this fails.
+    hashes = {e["kernel_hash"] for e in table["entries"]}
+    assert hashes == {get_family("attention_fwd").source_hash}, "cache/tables/h100-float16.json is stale"
+
+
+def test_served_as_shipped_on_the_toolchain_it_was_tuned_with(table, monkeypatch, tmp_path):
+    prov = table["provenance"]
+    monkeypatch.setattr(_dispatch, "versions", lambda: (prov["triton"], prov["torch"]))
+    first = table["entries"][0]
+    shape = (first["batch"], first["heads"], first["seq_len"], first["head_dim"])
+    k = get_kernel(shape, causal=first["causal"], gpu="h100", db=tmp_path / "user.db")
+    assert k.source == "shipped" and k.config == first["config"]
+    assert get_kernel((3, 8, 200, 64), gpu="h100", db=tmp_path / "user.db").source == "nearest"
+
+
+def test_not_served_on_another_toolchain(table, tmp_path):
+    first = table["entries"][0]
+    shape = (first["batch"], first["heads"], first["seq_len"], first["head_dim"])
+    # This CPU test machine runs another torch than the H100's: the shipped winners are stale here.
+    if _dispatch.versions() == (table["provenance"]["triton"], table["provenance"]["torch"]):
+        pytest.skip("same toolchain as the H100 run")
+    assert get_kernel(shape, causal=first["causal"], gpu="h100", db=tmp_path / "u.db").source == "default"
+
+
+def test_import_then_export_round_trips_exactly(table, tmp_path):
+    src = tmp_path / "shipped.json"
+    src.write_text(json.dumps(table))
+    runner = CliRunner()
+    assert runner.invoke(app, ["import", str(src), "--db", str(tmp_path / "team.db")]).exit_code == 0
+    out = tmp_path / "again.json"
+    assert runner.invoke(app, ["export", "--db", str(tmp_path / "team.db"), "-o", str(out)]).exit_code == 0
+    key = lambda e: (e["causal"], e["head_dim"], e["seq_len"], e["batch"], e["heads"])  # noqa: E731
+    assert sorted(json.loads(out.read_text())["entries"], key=key) == sorted(table["entries"], key=key)
