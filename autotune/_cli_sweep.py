@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ._backend import select_backend
+from ._errors import AutotuneError
 from ._console import console as make_console
 from ._grids import format_config, get_grid
 from ._paths import resolve_db
@@ -22,7 +23,7 @@ _QUIET = ("ok", "invalid")  # statuses not logged one by one
 
 
 def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None, seed: int, dtype: str,
-              retune: bool, kernel: str = "attention_fwd", rep_ms: int = 100) -> None:
+              retune: bool, kernel: str = "attention_fwd", rep_ms: int = 100, from_misses: bool = False) -> None:
     """Sweep ``grid`` for ``kernel`` on profile ``gpu`` into the cache ``db``; print the winners."""
     from cache import CacheStore
     from kernels import get_family
@@ -35,10 +36,17 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     torch_dtype(dtype)
     profile = resolve_profile(gpu)
     family = get_family(kernel)
-    points = get_grid(grid or ("smoke" if profile.interpreter else "default"), dtype)
     select_backend(profile)
     timeout_s = default_timeout(profile)
     path = resolve_db(db)
+    if from_misses:
+        if grid:
+            raise AutotuneError("--from-misses and --grid exclude each other")
+        points = missed_points(path, profile, family.name)
+        if not points:
+            raise AutotuneError(f"no lookup misses recorded for {family.name} on this device next to {path}")
+    else:
+        points = get_grid(grid or ("smoke" if profile.interpreter else "default"), dtype)
     n_trials = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     console = make_console(stderr=True)
     with CacheStore.open(path) as store:  # first: a bad cache file is one error line, before any output
@@ -78,6 +86,17 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     missing = [r.point.label for r in results if r.best is None]
     if missing:
         console.print(f"[yellow]no config passed the gate at {len(missing)} point(s): {', '.join(missing)}[/]")
+
+
+def missed_points(path: Path, profile, kernel: str) -> list:
+    """The points get_kernel missed (served nearest/default) on this device, from ``<db>.misses.jsonl``."""
+    from ._grids import Point
+    from ._misses import read_misses
+    from ._profiles import device_identity
+
+    gpu, _ = device_identity(profile)
+    return [Point(m["batch"], m["heads"], m["seq_len"], m["head_dim"], m["causal"], m["dtype"])
+            for m, _ in read_misses(path) if m["gpu"] == gpu and m["kernel"] == kernel]
 
 
 def summary_table(results) -> Table:

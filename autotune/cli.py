@@ -54,6 +54,9 @@ def sweep(
                                              "default config faults).")] = "attention_fwd",
     rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing window per trial on a GPU, in ms "
                                         "(triton.testing.do_bench's rep; 25 ms of warm-up come first).")] = 100,
+    from_misses: Annotated[bool, typer.Option("--from-misses", help="Tune the shapes get_kernel served by "
+                                              "nearest or default on this device (see `autotune misses`) "
+                                              "instead of a grid.")] = False,
 ) -> None:
     """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached.
 
@@ -64,7 +67,7 @@ def sweep(
 
     with domain_errors():
         run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel,
-                  rep_ms=rep_ms)
+                  rep_ms=rep_ms, from_misses=from_misses)
 
 
 @app.command()

@@ -111,3 +111,23 @@ def test_python_dash_m_works():
 
     out = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "sweep" in out.stdout
+
+
+def test_sweep_from_misses_tunes_the_missed_shapes(tmp_path):
+    from autotune import clear_cache, get_kernel
+
+    db = tmp_path / "m.db"
+    invoke("sweep", "--gpu", "cpu", "--grid", "smoke", "--trials", "1", "--db", db)
+    clear_cache()
+    assert get_kernel((1, 2, 40, 32), causal=True, db=db).source == "nearest"   # a miss, recorded
+    result = invoke("misses", "--db", db)
+    assert result.exit_code == 0 and "1 missed shapes" in result.output
+    result = invoke("sweep", "--gpu", "cpu", "--from-misses", "--trials", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    clear_cache()
+    assert get_kernel((1, 2, 40, 32), causal=True, db=db).source == "exact"
+
+
+def test_sweep_from_misses_without_misses_is_one_line(tmp_path):
+    result = runner.invoke(app, ["sweep", "--gpu", "cpu", "--from-misses", "--db", str(tmp_path / "n.db")])
+    assert result.exit_code == 1 and "no lookup misses" in result.output
