@@ -51,6 +51,16 @@ FAMILIES: dict[str, KernelFamily] = {
         sources=("attention_fwd.py", "launch.py"),
         dtypes=("float16", "bfloat16"),
     ),
+    # FP8 E4M3 (kernels/quant.py recipes; the launcher takes 16-bit q, k, v and quantizes them per the config).
+    # Its trials need the FP8 gate (autotune/_fp8_gate.py), not the fp16 one.
+    "attention_fp8": KernelFamily(
+        name="attention_fp8",
+        launcher="kernels.launch_fp8:attention_fp8",
+        reference="kernels.reference:attention_reference",
+        space="attention_fp8",
+        sources=("attention_fp8.py", "launch_fp8.py", "quant.py"),
+        dtypes=("fp8",),
+    ),
 }
 
 
