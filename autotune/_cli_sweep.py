@@ -23,8 +23,12 @@ _QUIET = ("ok", "invalid")  # statuses not logged one by one
 
 
 def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None, seed: int, dtype: str,
-              retune: bool, kernel: str = "attention_fwd", rep_ms: int = 100, from_misses: bool = False) -> None:
-    """Sweep ``grid`` for ``kernel`` on profile ``gpu`` into the cache ``db``; print the winners."""
+              retune: bool, kernel: str = "attention_fwd", rep_ms: int = 100, from_misses: bool = False,
+              patience: int | None = None, min_improvement: float = 0.02, time_budget: float | None = None) -> None:
+    """Sweep ``grid`` for ``kernel`` on profile ``gpu`` into the cache ``db``; print the winners.
+
+    ``patience``/``min_improvement``: the per-point stopping rule; ``time_budget``: seconds for the whole sweep.
+    """
     from cache import CacheStore
     from kernels import get_family
 
@@ -51,7 +55,9 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     console = make_console(stderr=True)
     with CacheStore.open(path) as store:  # first: a bad cache file is one error line, before any output
         console.print(f"sweep: kernel [bold]{family.name}[/], profile [bold]{profile.name}[/], {len(points)} "
-                      f"points, up to {n_trials} trials each, {timeout_s:g} s per trial, cache {path}")
+                      f"points, up to {n_trials} trials each, {timeout_s:g} s per trial, cache {path}"
+                      + (f", patience {patience} (>{min_improvement:.0%})" if patience else "")
+                      + (f", time budget {time_budget:g} s" if time_budget else ""))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             overall = progress.add_task("points", total=len(points))
@@ -61,8 +67,7 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
                 progress.update(current, completed=0, description=f"{point.label}")
 
             def on_trial(point, record):
-                if record.status != "invalid":
-                    progress.advance(current)
+                progress.advance(current)
                 if record.status not in _QUIET:
                     progress.console.print(f"  {point.label} {escape(f'[{format_config(record.config)}]')}: "
                                            f"{record.status}: {escape(record.reason)}", highlight=False)
@@ -77,13 +82,24 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
                     progress.console.print(f"  {res.point.label}: resumed, {res.resumed} trial(s) recorded earlier")
                 if res.error:
                     progress.console.print(f"  {res.point.label}: [red]not tuned[/]: {escape(res.error)}")
+                elif res.stopped == "time budget":
+                    progress.console.print(f"  {res.point.label}: [yellow]not tuned: time budget[/] "
+                                           f"({len(res.trials)} trial(s) recorded; the next sweep resumes it)")
+                if res.pruned:
+                    progress.console.print(f"  {res.point.label}: {len(res.pruned)} config(s) "
+                                           f"{escape(res.pruned[0][1])} (or a like failure), never compiled")
 
             results = sweep(points, profile=profile, store=store, trials=n_trials, seed=seed, kernel=family,
                             retune=retune, on_point=on_point, on_trial=on_trial, on_done=on_done,
-                            on_wait=on_wait, trial_timeout_s=timeout_s, rep_ms=rep_ms)
+                            on_wait=on_wait, trial_timeout_s=timeout_s, rep_ms=rep_ms, patience=patience,
+                            min_improvement=min_improvement, time_budget_s=time_budget)
     clear_cache()
     make_console().print(summary_table(results))
-    missing = [r.point.label for r in results if r.best is None]
+    late = [r.point.label for r in results if r.stopped == "time budget"]
+    if late:
+        console.print(f"[yellow]not tuned: time budget at {len(late)} point(s): {', '.join(late)}; "
+                      "run the same command again to resume[/]")
+    missing = [r.point.label for r in results if r.best is None and r.stopped != "time budget"]
     if missing:
         console.print(f"[yellow]no config passed the gate at {len(missing)} point(s): {', '.join(missing)}[/]")
 
@@ -102,14 +118,15 @@ def missed_points(path: Path, profile, kernel: str) -> list:
 def summary_table(results) -> Table:
     """The winners of a sweep, one row per point."""
     table = Table(title="winners")
-    for col in ("point", "config", "median µs", "TF/s", "rel err", "ok/fail/invalid", "note"):
+    for col in ("point", "config", "median µs", "TF/s", "rel err", "ok/fail/invalid", "note"):  # invalid: not run
         table.add_column(col)
     for r in results:
         ok = sum(t.status == "ok" for t in r.trials)
-        invalid = sum(t.status == "invalid" for t in r.trials)
+        invalid = sum(t.status == "invalid" for t in r.trials) + r.invalid + len(r.pruned)
         b = r.best
         cfg = format_config(b.config) if b else "-"
-        note = "cached" if r.skipped else "error" if r.error else "" if b else "no winner"
+        note = ("cached" if r.skipped else "error" if r.error else "time budget" if r.stopped == "time budget"
+                else r.stopped if r.stopped == "patience" else "" if b else "no winner")
         table.add_row(r.point.label, cfg, f"{b.median_us:.1f}" if b else "-", f"{b.tflops:.1f}" if b else "-",
                       f"{b.rel_err:.2e}" if b and b.rel_err is not None else "-",
                       f"{ok}/{r.failures}/{invalid}", note)

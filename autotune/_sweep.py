@@ -4,7 +4,8 @@ Nothing tuned is lost and nothing is done twice. Studies live in an Optuna journ
 (``<db>.optuna.log``, safe for several processes); every trial is written to the cache's trials table before
 Optuna is told, and the trials table is the record of what was run. So a sweep killed at any moment and
 started again with the same arguments skips the points that have a winner, and at the others runs only the
-configs not yet recorded (a point whose budget was spent without a passing config counts as done).
+configs not yet recorded (a point whose budget was spent without a passing config counts as done). Proposals
+that break a rule are told to Optuna as PRUNED but never compiled nor recorded as trials (``_study.Proposer``).
 
 Several processes may sweep into one cache: each claims a point before tuning it (``_worker.PointClaim``, an
 ``flock`` that the kernel drops when its process dies, even by kill -9), and comes back at the end to the
@@ -33,6 +34,7 @@ from search_spaces import load_space
 
 from ._grids import Point
 from ._profiles import GpuProfile, device_identity
+from ._study import Patience, Proposer, config_id, tell, warm_starts
 from ._toolchain import make_key, now_iso
 from ._trial import TrialOutcome, prepare, run_trial
 from ._worker import Flock, PointClaim, TrialWorker, WorkerError
@@ -42,7 +44,13 @@ DEFAULT_TRIALS = {"gpu": 30, "cpu": 6}
 
 @dataclass
 class PointResult:
-    """What tuning one point produced (``trials`` includes those recorded by an earlier, interrupted run)."""
+    """What tuning one point produced (``trials`` includes those recorded by an earlier, interrupted run).
+
+    ``invalid`` counts the proposals that broke a rule or were pruned by a failure this run (never compiled, not
+    trials); ``pruned`` lists (config, "pruned by failure of <config>"). ``stopped`` says why the study ended:
+    "trials" (budget spent), "patience" (stopping rule), "space" (nothing valid left) or "time budget" (the
+    sweep's time ran out: the point is not tuned, no winner was written, and a later sweep resumes it).
+    """
 
     point: Point
     key: CacheKey
@@ -52,6 +60,9 @@ class PointResult:
     skipped: bool = False  # already tuned in the cache, not re-run
     resumed: int = 0  # trials carried over from an earlier run of the same study
     error: str = ""  # the point could not be prepared (WorkerError); nothing was tuned
+    invalid: int = 0
+    pruned: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    stopped: str = ""
 
     @property
     def failures(self) -> int:
@@ -59,24 +70,27 @@ class PointResult:
 
 
 TrialCallback = Callable[[Point, TrialRecord], None]
-
-
-def config_id(config: dict[str, Any]) -> tuple:
-    """A hashable identity of a config."""
-    return tuple(sorted(config.items()))
+DETERMINISTIC = ("compile_error", "resources", "gate_failed")  # failures another study of the key may trust
 
 
 def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: int, seed: int = 0,
                kernel: str | KernelFamily = "attention_fwd", on_trial: TrialCallback | None = None,
                rep_ms: int = 100, isolate: bool = True, worker: TrialWorker | None = None,
-               trial_timeout_s: float | None = None, fresh: bool = False) -> PointResult:
-    """Run one seeded TPE study at ``point``: up to ``trials`` measured configs, the default one first.
+               trial_timeout_s: float | None = None, fresh: bool = False, patience: int | None = None,
+               min_improvement: float = 0.02, deadline: float | None = None,
+               warm_start: bool = True) -> PointResult:
+    """Run one seeded TPE study at ``point``: up to ``trials`` measured configs, warm starts and the default first.
 
-    Configs that break a validity rule are recorded as "invalid" and never compiled; every other one is run
-    on NaN-poisoned output, gated against fp32 and timed, in ``worker`` (or a worker of its own; in this
-    process with ``isolate=False``, for tests only). Failures (including crashes and timeouts of the worker)
-    are recorded with their reason and told to Optuna as failed, so they can never win. The fastest passing
-    config becomes the key's winner unless the cache already holds a faster one.
+    Only valid configs not yet run are proposed (``_study.Proposer``): the winners of the nearest tuned
+    neighbours (``warm_start``), then the space's default, then TPE's proposals. Each runs on NaN-poisoned
+    output, gated against fp32 and timed, in ``worker`` (or a worker of its own; in this process with
+    ``isolate=False``, for tests only). Failures (crashes and timeouts of the worker included) are recorded with
+    their reason, told to Optuna as failed so they can never win, and never run again at this point (compile,
+    resources and gate failures of the key's other studies included, unless ``fresh``); a resources failure
+    prunes the configs it dominates. The study stops at ``trials``, when the best has not improved by more
+    than ``min_improvement`` over ``patience`` measured trials, or at ``deadline`` (``time.monotonic()``; the
+    point then gets no winner and resumes later). The fastest passing config becomes the key's winner unless
+    the cache already holds a faster one.
 
     The study is resumed if it exists: configs it already recorded are not run again. ``fresh`` starts a
     new study instead (``--retune``).
@@ -99,41 +113,37 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
     study = optuna.create_study(storage=_storage(store), sampler=sampler, study_name=study_name,
                                 direction="minimize", load_if_exists=True)
 
-    seen: dict[tuple, float | None] = {}  # config -> median µs; NaN: failed; None: invalid
-    result.trials = [t for t in store.trials(key) if t.study == study_name]
+    recorded = store.trials(key)
+    result.trials = [t for t in recorded if t.study == study_name]
     result.resumed = len(result.trials)
-    for rec in result.trials:
-        seen[config_id(rec.config)] = _value(rec)
     _catch_up(study, space, result.trials)
-
-    full = len(candidates) <= trials  # the whole valid space fits in the budget: try all of it
-    default = space.default_for(point, profile)
-    todo = [c for c in (candidates if full else [default] if default in candidates else [])
-            if config_id(c) not in seen]
+    proposer = Proposer(study, space.params, candidates)
+    stop = Patience(patience, min_improvement)
+    for rec in recorded:
+        if rec.study == study_name or (not fresh and rec.status in DETERMINISTIC):
+            proposer.note(rec.config, _value(rec), rec.status, rec.reason)
+        if rec.study == study_name:
+            stop.add(_value(rec))
+    proposer.seed((warm_starts(store, key) if warm_start else []) + [space.default_for(point, profile)])
+    if len(candidates) <= trials:  # the whole valid space fits in the budget: try all of it
+        proposer.seed(candidates)
     budget = min(trials, len(candidates))
-    measured = sum(v is not None for v in seen.values())
-    untried = {config_id(c) for c in candidates} - seen.keys()  # empty: nothing left to learn at this point
-    own = worker is None and isolate and measured < budget
+    measured = stop.measured
+    own = worker is None and isolate and measured < budget and bool(proposer.untried)
     if own:
         worker = TrialWorker(family, profile, seed=seed, timeout_s=trial_timeout_s, rep_ms=rep_ms)
     ctx = None
     origin = {"process": f"{socket.gethostname()}:{os.getpid()}"}
     try:
-        asks = 0
-        while measured < budget and untried and asks < 50 * max(1, trials):
-            asks += 1
-            if todo:  # asked next, unless an earlier run left an enqueued config waiting (it comes first)
-                study.enqueue_trial(todo.pop(0))
-            trial = study.ask()
-            config = {name: trial.suggest_categorical(name, list(values)) for name, values in space.params}
-            cid = config_id(config)
-            if cid in seen:  # already measured (or pruned) at this point: tell Optuna again, run nothing
-                _tell(study, trial, seen[cid], pruned=seen[cid] is None)
-                continue
-            broken = space.violations(config, point, profile)
-            if broken:
-                outcome = TrialOutcome("invalid", "; ".join(broken))
-            elif worker is not None:
+        while measured < budget and not stop.exhausted:
+            if deadline is not None and time.monotonic() >= deadline:
+                result.stopped = "time budget"
+                break
+            step = proposer.propose(max_asks=50 * max(1, trials))
+            if step is None:
+                break
+            trial, config = step
+            if worker is not None:
                 outcome = worker.bind(point).run(config)
             else:
                 ctx = ctx or prepare(point, family, profile, space, seed)
@@ -143,16 +153,20 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
             result.trials.append(record)
             if on_trial:
                 on_trial(point, record)
-            seen[cid] = _value(record)
-            untried.discard(cid)
-            measured += seen[cid] is not None
-            _tell(study, trial, seen[cid], pruned=seen[cid] is None)
+            value = _value(record)
+            proposer.note(config, value, record.status, record.reason)
+            stop.add(value)
+            measured += value is not None
+            tell(study, trial, value, pruned=value is None)
     finally:
         if own and worker is not None:
             worker.close()
 
+    result.invalid = proposer.invalid
+    result.pruned = [(dict(cid), why) for cid, why in proposer.pruned.items()]
+    result.stopped = result.stopped or ("patience" if stop.exhausted else "trials" if measured >= budget else "space")
     passing = [t for t in result.trials if t.status == "ok" and t.median_us is not None]
-    if passing:
+    if passing and result.stopped != "time budget":
         result.best = min(passing, key=lambda t: t.median_us)
         store.put_winner(to_entry(result.best))
     return result
@@ -163,23 +177,36 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
           on_point: Callable[[Point, int], None] | None = None, on_trial: TrialCallback | None = None,
           on_done: Callable[[PointResult], None] | None = None, rep_ms: int = 100, isolate: bool = True,
           trial_timeout_s: float | None = None, on_wait: Callable[[Point], None] | None = None,
-          poll_s: float = 1.0) -> list[PointResult]:
+          poll_s: float = 1.0, patience: int | None = None, min_improvement: float = 0.02,
+          time_budget_s: float | None = None, warm_start: bool = True) -> list[PointResult]:
     """Tune every point, one worker process for the whole sweep; results come back in the order of ``points``.
 
     Points the cache already has a current winner for are skipped unless ``retune``. A point another process
     has claimed is left for later (``on_wait(point)``) and taken up once that process releases it, when it
     usually has a winner. ``on_point(point, index)``, ``on_trial`` and ``on_done`` let a front end show progress.
+    ``patience``, ``min_improvement`` and ``warm_start`` go to :func:`tune_point`. After ``time_budget_s``
+    seconds no trial starts: the points not finished come back with ``stopped="time budget"`` and no winner,
+    and a later sweep resumes them.
     """
     n = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     family = get_family(kernel) if isinstance(kernel, str) else kernel
     gpu, cc = device_identity(profile)
     results: dict[int, PointResult] = {}
     worker = TrialWorker(family, profile, seed=seed, timeout_s=trial_timeout_s, rep_ms=rep_ms) if isolate else None
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+
+    def finish(i: int, res: PointResult) -> None:
+        results[i] = res
+        if on_done:
+            on_done(res)
 
     def take(i: int, point: Point) -> bool:
         key = make_key(point, family, gpu, cc)
         res = None if retune else _cached(point, key, store)
         if res is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                finish(i, PointResult(point, key, stopped="time budget"))
+                return True
             claim = PointClaim(store, key)
             if not claim.acquire():
                 return False
@@ -191,16 +218,15 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
                     try:
                         res = tune_point(point, profile=profile, store=store, trials=n, seed=seed, kernel=family,
                                          on_trial=on_trial, rep_ms=rep_ms, isolate=isolate, worker=worker,
-                                         fresh=retune)
+                                         fresh=retune, patience=patience, min_improvement=min_improvement,
+                                         deadline=deadline, warm_start=warm_start)
                     except WorkerError as exc:
                         res = PointResult(point, key, error=str(exc))
             finally:
                 claim.release()
         elif on_point:
             on_point(point, i)
-        results[i] = res
-        if on_done:
-            on_done(res)
+        finish(i, res)
         return True
 
     try:
@@ -212,6 +238,10 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
                     on_wait(point)
         while waiting:
             time.sleep(poll_s)
+            if deadline is not None and time.monotonic() >= deadline:
+                for i, point in waiting:
+                    finish(i, PointResult(point, make_key(point, family, gpu, cc), stopped="time budget"))
+                break
             waiting = [(i, point) for i, point in waiting if not take(i, point)]
     finally:
         if worker is not None:
@@ -287,13 +317,3 @@ def _record(key: CacheKey, config: dict, outcome: TrialOutcome, study: str, numb
                        tflops=outcome.tflops, rel_err=outcome.rel_err, max_abs_err=outcome.max_abs_err,
                        study=study, trial_number=number, created_at=now_iso(), extra={**outcome.extra, **origin})
 
-
-def _tell(study: Any, trial: Any, value: float | None, pruned: bool = False) -> None:
-    import optuna
-
-    if pruned:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    elif value is None or math.isnan(value):
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    else:
-        study.tell(trial, value)

@@ -57,17 +57,29 @@ def sweep(
     from_misses: Annotated[bool, typer.Option("--from-misses", help="Tune the shapes get_kernel served by "
                                               "nearest or default on this device (see `autotune misses`) "
                                               "instead of a grid.")] = False,
+    patience: Annotated[int, typer.Option(min=1, max=10000, help="Stop a point's study when its best has not "
+                                          "improved by more than --min-improvement over this many measured "
+                                          "trials (or at --trials).")] = 10,
+    min_improvement: Annotated[float, typer.Option(min=0.0, max=1.0, help="The gain, as a fraction of the "
+                                                   "best time, that counts as an improvement for "
+                                                   "--patience.")] = 0.02,
+    time_budget: Annotated[Optional[float], typer.Option(min=1.0, help="Seconds for the whole sweep: no trial "
+                                                         "starts after them; the points not finished are "
+                                                         "reported as not tuned and resume on the next "
+                                                         "sweep.", show_default=False)] = None,
 ) -> None:
     """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached.
 
     Trials run in a worker process: a crashing or hanging config ($FLASHCORE_TRIAL_TIMEOUT s, default 120 on a
     GPU) is recorded and the sweep goes on. A killed sweep, started again with the same arguments, resumes.
+    Only valid configs are proposed; a point's study starts from the winners of its nearest tuned neighbours.
     """
     from ._cli_sweep import run_sweep
 
     with domain_errors():
         run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel,
-                  rep_ms=rep_ms, from_misses=from_misses)
+                  rep_ms=rep_ms, from_misses=from_misses, patience=patience, min_improvement=min_improvement,
+                  time_budget=time_budget)
 
 
 @app.command()
@@ -89,6 +101,30 @@ def bench(
 
     with domain_errors():
         run_bench_cli(gpu=gpu, grid=grid, db=db, dtype=dtype, out=out, plot=plot, rep_ms=rep_ms)
+
+
+@app.command(name="study-search")
+def study_search(
+    grid: Annotated[str, typer.Option(help="Named grid: smoke, small, heads, long, default.")],
+    gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
+                                          "or cpu (Triton's interpreter, wall time: meaningless for speed).")] = "auto",
+    seeds: Annotated[int, typer.Option(min=1, max=100, help="Seeds 0..N-1 of the replayed TPE and random "
+                                                            "searches.")] = 5,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here (default: print the "
+                                                     "table only).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of trials-to-target per point, TPE against "
+                                                      "random (needs matplotlib).")] = None,
+    dtype: Annotated[str, typer.Option(help="float16 or bfloat16.")] = "float16",
+    rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing window per config on a GPU, in "
+                                                               "ms.")] = 100,
+) -> None:
+    """Time every valid config of each point once (gated), then replay the sweep's TPE search and random search
+    on those timings: trials needed per seed to get within 3% of the exhaustive best. Writes nothing to the cache.
+    """
+    from ._cli_study import run_study_cli
+
+    with domain_errors():
+        run_study_cli(gpu=gpu, grid=grid, seeds=seeds, out=out, plot=plot, dtype=dtype, rep_ms=rep_ms)
 
 
 @app.command()

@@ -58,7 +58,10 @@ def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
     for t in res.trials:
         by_status.setdefault(t.status, []).append(t)
     assert set(by_status) == {"ok", "compile_error", "resources", "gate_failed"}
-    assert len(res.trials) == res.valid_configs  # the whole valid space, each config once
+    # the whole valid space, each config once, except those a resources failure pruned (issue 4: never compiled)
+    assert len(res.trials) + len(res.pruned) == res.valid_configs and res.pruned
+    assert all(why.startswith("pruned by failure of M64") for _, why in res.pruned)
+    assert all(c["BLOCK_M"] == 64 for c, _ in res.pruned)
     assert all("planted" in t.reason for t in by_status["compile_error"] + by_status["resources"])
     assert all(t.median_us is None for s, ts in by_status.items() if s != "ok" for t in ts)
     assert res.best.config["BLOCK_N"] == 32 and res.best.config["BLOCK_M"] != 64
