@@ -58,7 +58,7 @@ FAMILIES: dict[str, KernelFamily] = {
         launcher="kernels.launch_fp8:attention_fp8",
         reference="kernels.reference:attention_reference",
         space="attention_fp8",
-        sources=("attention_fp8.py", "launch_fp8.py", "quant.py"),
+        sources=("attention_fp8.py", "launch_fp8.py", "quant.py", "_config.py", "launch.py"),
         dtypes=("fp8",),
     ),
 }

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 import triton
 
+from ._config import check_common
 from ._errors import KernelInputError
-from .launch import (LOG2E, REQUIRED_KEYS, _POW2, _strides, _typed_errors, check_inputs, interpreting)
+from .launch import (LOG2E, REQUIRED_KEYS, _strides, _typed_errors, check_inputs, interpreting)
 from .quant import CONFIG_FIELDS, QuantizedInputs, Recipe, quantize
 
 CONFIG_KEYS = {*REQUIRED_KEYS, "CAUSAL_SPLIT", *CONFIG_FIELDS}
@@ -40,17 +41,7 @@ def recipe_of(config: Mapping[str, Any]) -> Recipe:
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise KernelInputError if the config has unknown keys or values the FP8 kernel cannot take."""
-    unknown = set(config) - CONFIG_KEYS
-    if unknown:
-        raise KernelInputError(f"unknown config keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
-    for key in ("BLOCK_M", "BLOCK_N"):
-        if config.get(key) not in _POW2 or isinstance(config.get(key), bool):
-            raise KernelInputError(f"{key} must be one of {sorted(_POW2)}; got {config.get(key)!r}")
-    if config.get("num_warps") not in (1, 2, 4, 8, 16) or isinstance(config.get("num_warps"), bool):
-        raise KernelInputError(f"num_warps must be 1, 2, 4, 8 or 16; got {config.get('num_warps')!r}")
-    stages = config.get("num_stages")
-    if not isinstance(stages, int) or isinstance(stages, bool) or not 1 <= stages <= 8:
-        raise KernelInputError(f"num_stages must be an int in 1..8; got {stages!r}")
+    check_common(config, CONFIG_KEYS)
     if not isinstance(config.get("CAUSAL_SPLIT", False), bool):
         raise KernelInputError(f"CAUSAL_SPLIT must be true or false; got {config['CAUSAL_SPLIT']!r}")
     recipe_of(config)
