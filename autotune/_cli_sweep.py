@@ -6,6 +6,7 @@ The per-trial timeout is $FLASHCORE_TRIAL_TIMEOUT seconds (default 120 on a GPU,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rich.markup import escape
@@ -20,21 +21,31 @@ from ._paths import resolve_db
 from ._profiles import resolve_profile
 
 _QUIET = ("ok", "invalid")  # statuses not logged one by one
+CHILD_ENV = "FLASHCORE_SWEEP_CHILD"  # set by `sweep --devices` in its workers: the parent prints the winners
+
+
+def _redact(url: str) -> str:
+    from ._sweep import _redact as redact
+
+    return redact(url)
 
 
 def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None, seed: int, dtype: str,
               retune: bool, kernel: str = "attention_fwd", rep_ms: int = 100, from_misses: bool = False,
-              patience: int | None = None, min_improvement: float = 0.02, time_budget: float | None = None) -> None:
+              patience: int | None = None, min_improvement: float = 0.02, time_budget: float | None = None,
+              storage: str | None = None) -> None:
     """Sweep ``grid`` for ``kernel`` on profile ``gpu`` into the cache ``db``; print the winners.
 
-    ``patience``/``min_improvement``: the per-point stopping rule; ``time_budget``: seconds for the whole sweep.
+    ``patience``/``min_improvement``: the per-point stopping rule; ``time_budget``: seconds for the whole sweep;
+    ``storage``: the Optuna storage URL of the studies (``_sweep.make_storage``; default a journal next to the
+    cache). A worker started by ``--devices`` (``_multi``) leaves the winners table to its parent.
     """
     from cache import CacheStore
     from kernels import get_family
 
     from ._dispatch import clear_cache
     from ._inputs import torch_dtype
-    from ._sweep import DEFAULT_TRIALS, sweep
+    from ._sweep import DEFAULT_TRIALS, make_storage, sweep
     from ._worker import default_timeout
 
     torch_dtype(dtype)
@@ -43,21 +54,16 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     select_backend(profile)
     timeout_s = default_timeout(profile)
     path = resolve_db(db)
-    if from_misses:
-        if grid:
-            raise AutotuneError("--from-misses and --grid exclude each other")
-        points = missed_points(path, profile, family.name)
-        if not points:
-            raise AutotuneError(f"no lookup misses recorded for {family.name} on this device next to {path}")
-    else:
-        points = get_grid(grid or ("smoke" if profile.interpreter else "default"), dtype)
+    points = sweep_points(path, profile, family.name, grid=grid, dtype=dtype, from_misses=from_misses)
     n_trials = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     console = make_console(stderr=True)
+    study_storage = make_storage(storage) if storage else None
     with CacheStore.open(path) as store:  # first: a bad cache file is one error line, before any output
         console.print(f"sweep: kernel [bold]{family.name}[/], profile [bold]{profile.name}[/], {len(points)} "
                       f"points, up to {n_trials} trials each, {timeout_s:g} s per trial, cache {path}"
                       + (f", patience {patience} (>{min_improvement:.0%})" if patience else "")
-                      + (f", time budget {time_budget:g} s" if time_budget else ""))
+                      + (f", time budget {time_budget:g} s" if time_budget else "")
+                      + (f", studies in {escape(_redact(storage))}" if storage else ""))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             overall = progress.add_task("points", total=len(points))
@@ -92,9 +98,10 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
             results = sweep(points, profile=profile, store=store, trials=n_trials, seed=seed, kernel=family,
                             retune=retune, on_point=on_point, on_trial=on_trial, on_done=on_done,
                             on_wait=on_wait, trial_timeout_s=timeout_s, rep_ms=rep_ms, patience=patience,
-                            min_improvement=min_improvement, time_budget_s=time_budget)
+                            min_improvement=min_improvement, time_budget_s=time_budget, storage=study_storage)
     clear_cache()
-    make_console().print(summary_table(results))
+    if os.environ.get(CHILD_ENV) != "1":
+        make_console().print(summary_table(results))
     late = [r.point.label for r in results if r.stopped == "time budget"]
     if late:
         console.print(f"[yellow]not tuned: time budget at {len(late)} point(s): {', '.join(late)}; "
@@ -102,6 +109,18 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     missing = [r.point.label for r in results if r.best is None and r.stopped != "time budget"]
     if missing:
         console.print(f"[yellow]no config passed the gate at {len(missing)} point(s): {', '.join(missing)}[/]")
+
+
+def sweep_points(path: Path, profile, kernel: str, *, grid: str | None, dtype: str, from_misses: bool) -> list:
+    """The points a sweep tunes: the lookup misses next to ``path`` (``from_misses``), else the named grid."""
+    if from_misses:
+        if grid:
+            raise AutotuneError("--from-misses and --grid exclude each other")
+        points = missed_points(path, profile, kernel)
+        if not points:
+            raise AutotuneError(f"no lookup misses recorded for {kernel} on this device next to {path}")
+        return points
+    return get_grid(grid or ("smoke" if profile.interpreter else "default"), dtype)
 
 
 def missed_points(path: Path, profile, kernel: str) -> list:

@@ -78,7 +78,7 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
                rep_ms: int = 100, isolate: bool = True, worker: TrialWorker | None = None,
                trial_timeout_s: float | None = None, fresh: bool = False, patience: int | None = None,
                min_improvement: float = 0.02, deadline: float | None = None,
-               warm_start: bool = True) -> PointResult:
+               warm_start: bool = True, storage: Any = None) -> PointResult:
     """Run one seeded TPE study at ``point``: up to ``trials`` measured configs, warm starts and the default first.
 
     Only valid configs not yet run are proposed (``_study.Proposer``): the winners of the nearest tuned
@@ -93,7 +93,8 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
     the cache already holds a faster one.
 
     The study is resumed if it exists: configs it already recorded are not run again. ``fresh`` starts a
-    new study instead (``--retune``).
+    new study instead (``--retune``). ``storage``: the Optuna storage of the study (:func:`make_storage`);
+    default the journal file next to the cache (:func:`study_journal`).
     """
     import optuna
 
@@ -110,7 +111,8 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
     if fresh:
         study_name += f"-retune-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{os.getpid()}"
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, trials // 3)))
-    study = optuna.create_study(storage=_storage(store), sampler=sampler, study_name=study_name,
+    study = optuna.create_study(storage=storage if storage is not None else _storage(store), sampler=sampler,
+                                study_name=study_name,
                                 direction="minimize", load_if_exists=True)
 
     recorded = store.trials(key)
@@ -178,7 +180,8 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
           on_done: Callable[[PointResult], None] | None = None, rep_ms: int = 100, isolate: bool = True,
           trial_timeout_s: float | None = None, on_wait: Callable[[Point], None] | None = None,
           poll_s: float = 1.0, patience: int | None = None, min_improvement: float = 0.02,
-          time_budget_s: float | None = None, warm_start: bool = True) -> list[PointResult]:
+          time_budget_s: float | None = None, warm_start: bool = True,
+          storage: Any = None) -> list[PointResult]:
     """Tune every point, one worker process for the whole sweep; results come back in the order of ``points``.
 
     Points the cache already has a current winner for are skipped unless ``retune``. A point another process
@@ -186,7 +189,8 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
     usually has a winner. ``on_point(point, index)``, ``on_trial`` and ``on_done`` let a front end show progress.
     ``patience``, ``min_improvement`` and ``warm_start`` go to :func:`tune_point`. After ``time_budget_s``
     seconds no trial starts: the points not finished come back with ``stopped="time budget"`` and no winner,
-    and a later sweep resumes them.
+    and a later sweep resumes them. ``storage`` (an Optuna storage, see :func:`make_storage`) holds the studies
+    instead of the journal file next to the cache.
     """
     n = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     family = get_family(kernel) if isinstance(kernel, str) else kernel
@@ -219,7 +223,7 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
                         res = tune_point(point, profile=profile, store=store, trials=n, seed=seed, kernel=family,
                                          on_trial=on_trial, rep_ms=rep_ms, isolate=isolate, worker=worker,
                                          fresh=retune, patience=patience, min_improvement=min_improvement,
-                                         deadline=deadline, warm_start=warm_start)
+                                         deadline=deadline, warm_start=warm_start, storage=storage)
                     except WorkerError as exc:
                         res = PointResult(point, key, error=str(exc))
             finally:
@@ -258,6 +262,55 @@ def to_entry(record: TrialRecord) -> Entry:
 def study_journal(store: CacheStore) -> Path | None:
     """The Optuna journal of the studies of ``store`` (None for an in-memory store)."""
     return None if store.path is None else Path(f"{store.path}.optuna.log")
+
+
+def make_storage(url: str) -> Any:
+    """The Optuna storage named by ``--storage``: ``journal:PATH`` (a journal file, flock-locked) or an RDB URL
+    (``postgresql://user@host/db``, ``sqlite:///path``, ...) for :class:`optuna.storages.RDBStorage`.
+
+    Raises ``AutotuneError`` (one line) for a malformed URL, a missing database driver or an unreachable server.
+    """
+    from ._errors import AutotuneError
+
+    url = url.strip()
+    if url.startswith("journal:"):
+        path = url[len("journal:"):]
+        if not path:
+            raise AutotuneError("--storage journal:PATH needs a file path")
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(path, lock_obj=Flock(f"{path}.flock")))  # type: ignore[arg-type]
+    if "://" not in url:
+        raise AutotuneError(f"--storage {url!r}: expected an RDB URL (postgresql://user@host/db, sqlite:///file.db)"
+                            " or journal:PATH")
+    from optuna.storages import RDBStorage
+
+    try:
+        return RDBStorage(_with_driver(url))
+    except ImportError as exc:
+        raise AutotuneError(f"--storage: no database driver for {url.split('://')[0]}: {exc}") from None
+    except Exception as exc:  # sqlalchemy's errors: bad URL, server down, authentication
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AutotuneError(f"--storage: cannot open {_redact(url)}: {msg}") from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the PostgreSQL driver that is installed: SQLAlchemy 2.1 defaults to psycopg (3),
+    many hosts have psycopg2."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
 
 
 def _storage(store: CacheStore) -> Any:

@@ -67,19 +67,37 @@ def sweep(
                                                          "starts after them; the points not finished are "
                                                          "reported as not tuned and resume on the next "
                                                          "sweep.", show_default=False)] = None,
+    devices: Annotated[Optional[str], typer.Option(help="Comma-separated CUDA device indices (0,1,...): one "
+                                                   "sweep worker process per device (CUDA_VISIBLE_DEVICES), "
+                                                   "sharing the grid's points and the cache; with --gpu cpu, "
+                                                   "that many interpreter processes.", show_default=False)] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage of the studies: an RDB URL "
+                                                   "(postgresql://user@host/db, sqlite:///file.db) shared by "
+                                                   "several hosts, or journal:PATH. Default: a journal file "
+                                                   "next to the cache.", show_default=False)] = None,
 ) -> None:
     """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached.
 
     Trials run in a worker process: a crashing or hanging config ($FLASHCORE_TRIAL_TIMEOUT s, default 120 on a
     GPU) is recorded and the sweep goes on. A killed sweep, started again with the same arguments, resumes.
     Only valid configs are proposed; a point's study starts from the winners of its nearest tuned neighbours.
+    --devices 0,1 runs one such sweep per GPU of this host; --storage puts the studies where other hosts see them.
     """
     from ._cli_sweep import run_sweep
 
+    kw = dict(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel,
+              rep_ms=rep_ms, from_misses=from_misses, patience=patience, min_improvement=min_improvement,
+              time_budget=time_budget, storage=storage)
+    if devices is not None:
+        from ._multi import run_multi
+
+        with domain_errors():
+            code = run_multi(devices, **kw)
+        if code:
+            raise typer.Exit(code)
+        return
     with domain_errors():
-        run_sweep(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel,
-                  rep_ms=rep_ms, from_misses=from_misses, patience=patience, min_improvement=min_improvement,
-                  time_budget=time_budget)
+        run_sweep(**kw)
 
 
 @app.command()
