@@ -53,15 +53,9 @@ def run_bench_cli(*, gpu: str, grid: str, db: Path | None, dtype: str, out: Path
         console.print(line)
     if result["provenance"].get("timing") == CPU_TIMING:
         console.print("[yellow]cpu: Triton's interpreter, wall time; these numbers say nothing about speed[/]")
-    if out is not None:
-        text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
-        _atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        console.print(f"wrote {out}")
-    if plot is not None:
-        from ._bench import plot_bench
+    from ._bench import plot_bench
 
-        _atomic_write(plot, lambda tmp: plot_bench(result, tmp))
-        console.print(f"wrote {plot}")
+    write_results(console, result, out, plot, plot_bench)
 
 
 def bench_table(result: dict[str, Any]) -> Table:
@@ -121,6 +115,18 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def write_results(console, result: dict[str, Any], out: Path | None, plot: Path | None,
+                  plot_fn: Callable[[dict[str, Any], Path], None]) -> None:
+    """Write ``result`` as JSON to ``out`` and its plot to ``plot`` (each atomically, each optional)."""
+    if out is not None:
+        text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
+        _atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        console.print(f"wrote {out}")
+    if plot is not None:
+        _atomic_write(plot, lambda tmp: plot_fn(result, tmp))
+        console.print(f"wrote {plot}")
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:

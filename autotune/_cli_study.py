@@ -3,7 +3,6 @@ best at each point of a grid, against random search; a table, a JSON file and a 
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from ._profiles import resolve_profile
 def run_study_cli(*, gpu: str, grid: str, seeds: int, out: Path | None, plot: Path | None, dtype: str = "float16",
                   rep_ms: int = 100) -> dict[str, Any]:
     """The body of `autotune study-search`: everything but the typer signature. Returns the JSON document."""
-    from ._cli_bench import _atomic_write, _finite
+    from ._cli_bench import write_results
     from ._inputs import torch_dtype
     from ._study import run_study
     from ._worker import default_timeout
@@ -41,13 +40,7 @@ def run_study_cli(*, gpu: str, grid: str, seeds: int, out: Path | None, plot: Pa
     make_console().print(study_table(result))
     if profile.interpreter:
         console.print("[yellow]cpu: Triton's interpreter, wall time; the timings say nothing about speed[/]")
-    if out is not None:
-        text = json.dumps(_finite(result), indent=2, allow_nan=False) + "\n"
-        _atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        console.print(f"wrote {out}")
-    if plot is not None:
-        _atomic_write(plot, lambda tmp: plot_study(result, tmp))
-        console.print(f"wrote {plot}")
+    write_results(console, result, out, plot, plot_study)
     return result
 
 
