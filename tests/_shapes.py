@@ -9,3 +9,17 @@ def shape_id(b, h, s, d, causal, dtype="float16"):
 
 # (dtype, atol, rtol), as the gate applies them.
 TOL = [(name, t.atol, t.rtol) for name, t in TOLERANCES.items()]
+
+
+def make_key(**changes):
+    """A fixed cache key for store/merge tests; ``changes`` replace fields."""
+    import dataclasses
+
+    from cache import CacheKey
+
+    base = CacheKey(
+        gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.1.0", torch_version="2.5.1",
+        kernel="attention_fwd", kernel_hash="0123abcd", dtype="float16", causal=True,
+        head_dim=128, seq_len=4096, batch=4, heads=32,
+    )  # fmt: skip
+    return dataclasses.replace(base, **changes)

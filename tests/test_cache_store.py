@@ -21,16 +21,11 @@ from cache import SCHEMA_VERSION, CacheError, CacheKey, CacheStore, Entry, Table
 from cache._migrations import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
+from _shapes import make_key  # noqa: E402
+
 FIXTURE = Path(__file__).with_name("fixtures") / "cache-v1.db"
 
 
-def make_key(**changes: object) -> CacheKey:
-    base = CacheKey(
-        gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.1.0", torch_version="2.5.1",
-        kernel="attention_fwd", kernel_hash="0123abcd", dtype="float16", causal=True,
-        head_dim=128, seq_len=4096, batch=4, heads=32,
-    )  # fmt: skip
-    return dataclasses.replace(base, **changes)
 
 
 def make_entry(key: CacheKey | None = None, median: float = 100.0, **changes: object) -> Entry:

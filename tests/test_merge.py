@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import sqlite3
@@ -16,17 +15,12 @@ import cache._merge
 from autotune.cli import app
 from cache import CacheError, CacheKey, CacheStore, Entry, MergeReport, TrialRecord, merge_caches
 
+from _shapes import make_key  # noqa: E402
+
 FIXTURE = Path(__file__).with_name("fixtures") / "cache-v1.db"
 runner = CliRunner()
 
 
-def make_key(**changes: object) -> CacheKey:
-    base = CacheKey(
-        gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.1.0", torch_version="2.5.1",
-        kernel="attention_fwd", kernel_hash="0123abcd", dtype="float16", causal=True,
-        head_dim=128, seq_len=4096, batch=4, heads=32,
-    )  # fmt: skip
-    return dataclasses.replace(base, **changes)
 
 
 def make_entry(key: CacheKey, median: float, block_m: int = 128) -> Entry:
