@@ -17,7 +17,7 @@ from ._profiles import resolve_profile
 
 
 def run_study_cli(*, gpu: str, grid: str, seeds: int, out: Path | None, plot: Path | None, dtype: str = "float16",
-                  rep_ms: int = 100) -> dict[str, Any]:
+                  rep_ms: int = 100, compile_workers: int | None = None) -> dict[str, Any]:
     """The body of `autotune study-search`: everything but the typer signature. Returns the JSON document."""
     from ._cli_bench import write_results
     from ._inputs import torch_dtype
@@ -32,11 +32,19 @@ def run_study_cli(*, gpu: str, grid: str, seeds: int, out: Path | None, plot: Pa
     console.print(f"study-search: profile [bold]{profile.name}[/], grid {grid}, {len(points)} points, "
                   f"{seeds} seeds: every valid config timed once, then TPE and random search replayed")
 
-    def on_point(res: Any) -> None:
-        console.print(f"  {res.point.label}: {len(res.measured)} valid configs, TPE {res.tpe}, random {res.random}")
 
-    result = run_study(points, profile, seeds=seeds, rep_ms=rep_ms, trial_timeout_s=default_timeout(profile),
-                       grid=grid, on_point=on_point)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("configs timed", total=None)
+
+        def on_config(point: Any, config: dict[str, Any], outcome: Any) -> None:
+            progress.update(task, advance=1, description=f"{point.label}")
+
+        result = run_study(points, profile, seeds=seeds, rep_ms=rep_ms, trial_timeout_s=default_timeout(profile),
+                           grid=grid, on_point=lambda res: progress.console.print(_point_line(res)),
+                           compile_workers=compile_workers, on_config=on_config)
     make_console().print(study_table(result))
     if profile.interpreter:
         console.print("[yellow]cpu: Triton's interpreter, wall time; the timings say nothing about speed[/]")
@@ -71,6 +79,10 @@ def study_table(result: dict[str, Any]) -> Table:
         table.add_row(_label(row), str(row["valid_configs"]), "-" if best is None else f"{best:.1f}",
                       _fmt(row["tpe_trials_to_3pct"]), _fmt(row["random_trials_to_3pct"]))
     return table
+
+
+def _point_line(res: Any) -> str:
+    return f"  {res.point.label}: {len(res.measured)} valid configs, TPE {res.tpe}, random {res.random}"
 
 
 def plot_study(result: dict[str, Any], path: str | Path) -> None:

@@ -33,12 +33,12 @@ def _redact(url: str) -> str:
 def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None, seed: int, dtype: str,
               retune: bool, kernel: str = "attention_fwd", rep_ms: int = 100, from_misses: bool = False,
               patience: int | None = None, min_improvement: float = 0.02, time_budget: float | None = None,
-              storage: str | None = None) -> None:
+              storage: str | None = None, compile_workers: int | None = None) -> None:
     """Sweep ``grid`` for ``kernel`` on profile ``gpu`` into the cache ``db``; print the winners.
 
     ``patience``/``min_improvement``: the per-point stopping rule; ``time_budget``: seconds for the whole sweep;
     ``storage``: the Optuna storage URL of the studies (``_sweep.make_storage``; default a journal next to the
-    cache). A worker started by ``--devices`` (``_multi``) leaves the winners table to its parent.
+    cache); ``compile_workers``: processes compiling ahead of timing (``_sweep.sweep``). A worker started by ``--devices`` (``_multi``) leaves the winners table to its parent.
     """
     from cache import CacheStore
     from kernels import get_family
@@ -46,6 +46,7 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     from ._dispatch import clear_cache
     from ._inputs import torch_dtype
     from ._sweep import DEFAULT_TRIALS, make_storage, sweep
+    from ._compile_pool import default_workers
     from ._worker import default_timeout
 
     torch_dtype(dtype)
@@ -58,12 +59,15 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     n_trials = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     console = make_console(stderr=True)
     study_storage = make_storage(storage) if storage else None
+    n_compile = (default_workers(profile.interpreter) if compile_workers is None else compile_workers) \
+        if family.precompiler else 0
     with CacheStore.open(path) as store:  # first: a bad cache file is one error line, before any output
         console.print(f"sweep: kernel [bold]{family.name}[/], profile [bold]{profile.name}[/], {len(points)} "
                       f"points, up to {n_trials} trials each, {timeout_s:g} s per trial, cache {path}"
                       + (f", patience {patience} (>{min_improvement:.0%})" if patience else "")
                       + (f", time budget {time_budget:g} s" if time_budget else "")
-                      + (f", studies in {escape(_redact(storage))}" if storage else ""))
+                      + (f", studies in {escape(_redact(storage))}" if storage else "")
+                      + (f", compiling ahead in {n_compile} processes" if n_compile else ""))
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             overall = progress.add_task("points", total=len(points))
@@ -98,7 +102,8 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
             results = sweep(points, profile=profile, store=store, trials=n_trials, seed=seed, kernel=family,
                             retune=retune, on_point=on_point, on_trial=on_trial, on_done=on_done,
                             on_wait=on_wait, trial_timeout_s=timeout_s, rep_ms=rep_ms, patience=patience,
-                            min_improvement=min_improvement, time_budget_s=time_budget, storage=study_storage)
+                            min_improvement=min_improvement, time_budget_s=time_budget, storage=study_storage,
+                            compile_workers=n_compile)
     clear_cache()
     if os.environ.get(CHILD_ENV) != "1":
         make_console().print(summary_table(results))

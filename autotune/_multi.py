@@ -39,7 +39,7 @@ def parse_devices(value: str, *, device_count: int | None) -> list[int]:
 
 def worker_args(*, gpu: str, grid: str | None, trials: int | None, db: Path, seed: int, dtype: str, retune: bool,
                 kernel: str, rep_ms: int, from_misses: bool, patience: int | None, min_improvement: float,
-                time_budget: float | None, storage: str | None) -> list[str]:
+                time_budget: float | None, storage: str | None, compile_workers: int | None = None) -> list[str]:
     """The ``autotune sweep`` arguments of one worker: the parent's, less ``--devices``, with the cache resolved."""
     args = ["--gpu", gpu, "--db", str(db), "--seed", str(seed), "--dtype", dtype, "--kernel", kernel,
             "--rep-ms", str(rep_ms), "--min-improvement", repr(min_improvement)]
@@ -57,6 +57,8 @@ def worker_args(*, gpu: str, grid: str | None, trials: int | None, db: Path, see
         args += ["--time-budget", repr(time_budget)]
     if storage:
         args += ["--storage", storage]
+    if compile_workers is not None:
+        args += ["--compile-workers", str(compile_workers)]
     return args
 
 
@@ -104,6 +106,8 @@ def run_multi(devices: str, **kw: Any) -> int:
                   f"cache {path}" + (f", studies in {_redact(kw['storage'])}" if kw.get("storage") else ""),
                   highlight=False, markup=False)
 
+    if kw.get("compile_workers") is None and not profile.interpreter:  # the host's cores, shared by the workers
+        kw = {**kw, "compile_workers": max(1, (os.cpu_count() or 2) // len(ids) - 1)}
     args = worker_args(**{**kw, "db": path})
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     procs: list[tuple[int, subprocess.Popen]] = []

@@ -267,12 +267,17 @@ def study_point(point: Any, space: Any, profile: Any, run: Callable[[dict[str, A
 
 def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: str = "attention_fwd",
               rep_ms: int = 100, trial_timeout_s: float | None = None, grid: str | None = None,
-              on_point: Callable[[PointStudy], None] | None = None) -> dict[str, Any]:
+              on_point: Callable[[PointStudy], None] | None = None, compile_workers: int | None = None,
+              on_config: Callable[[Any, dict[str, Any], Any], None] | None = None) -> dict[str, Any]:
     """Study-search over ``points``: ``{"provenance", "points": [PointStudy.as_dict()]}``, ready for JSON.
 
     Every trial runs in a worker process (:class:`autotune._worker.TrialWorker`), gated like a sweep's; the
     cache is neither read nor written. TPE's replays use the sweep's sampler settings for its default trial count.
+    ``compile_workers`` processes compile the configs ahead of timing, as in a sweep; ``on_config(point, config,
+    outcome)`` follows each timed config.
     """
+    from ._compile_pool import TRUSTED, CompilePool, default_workers
+    from ._trial import TrialOutcome
     from kernels import get_family
     from search_spaces import load_space
 
@@ -292,11 +297,34 @@ def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: st
                 random_policy="valid configs uniformly without replacement",
                 timing="cpu-wall (meaningless for speed)" if profile.interpreter else "cuda-events")
     out = []
+    points = list(points)
+    n_compile = default_workers(profile.interpreter) if compile_workers is None else compile_workers
+    pool = CompilePool(family, n_compile) if n_compile and family.precompiler else None
     with TrialWorker(family, profile, timeout_s=trial_timeout_s, rep_ms=rep_ms) as worker:
-        for point in points:
-            worker.bind(point)
-            res = study_point(point, space, profile, worker.run, list(range(seeds)), startup)
-            out.append(res.as_dict())
-            if on_point:
-                on_point(res)
+        try:
+            for point in points if pool else ():
+                pool.behind(point, space.candidates(point, profile))
+            for point in points:
+                worker.bind(point)
+                if pool:
+                    pool.ahead(point, space.candidates(point, profile))
+
+                def run(config: dict[str, Any], point: Any = point) -> Any:
+                    compiled = pool.wait(point, config, worker.timeout_s) if pool else None
+                    if compiled is not None and compiled.status in TRUSTED:
+                        outcome = TrialOutcome(compiled.status, compiled.reason, extra={"compiled_by": "pool"})
+                    else:
+                        outcome = worker.run(config)
+                    if on_config:
+                        on_config(point, config, outcome)
+                    return outcome
+
+                res = study_point(point, space, profile, run, list(range(seeds)), startup)
+                out.append(res.as_dict())
+                if on_point:
+                    on_point(res)
+        finally:
+            if pool:
+                pool.close()
+    prov["compile_workers"] = n_compile if pool else 0
     return {"provenance": prov, "points": out}

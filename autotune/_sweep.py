@@ -32,6 +32,7 @@ from cache import CacheKey, CacheStore, Entry, TrialRecord
 from kernels import KernelFamily, get_family
 from search_spaces import load_space
 
+from ._compile_pool import TRUSTED, CompilePool, default_workers
 from ._grids import Point
 from ._profiles import GpuProfile, device_identity
 from ._study import Patience, Proposer, config_id, tell, warm_starts
@@ -78,7 +79,7 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
                rep_ms: int = 100, isolate: bool = True, worker: TrialWorker | None = None,
                trial_timeout_s: float | None = None, fresh: bool = False, patience: int | None = None,
                min_improvement: float = 0.02, deadline: float | None = None,
-               warm_start: bool = True, storage: Any = None) -> PointResult:
+               warm_start: bool = True, storage: Any = None, pool: CompilePool | None = None) -> PointResult:
     """Run one seeded TPE study at ``point``: up to ``trials`` measured configs, warm starts and the default first.
 
     Only valid configs not yet run are proposed (``_study.Proposer``): the winners of the nearest tuned
@@ -94,7 +95,9 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
 
     The study is resumed if it exists: configs it already recorded are not run again. ``fresh`` starts a
     new study instead (``--retune``). ``storage``: the Optuna storage of the study (:func:`make_storage`);
-    default the journal file next to the cache (:func:`study_journal`).
+    default the journal file next to the cache (:func:`study_journal`). ``pool``: compiles the point's valid
+    configs ahead of timing (:class:`autotune._compile_pool.CompilePool`); a config it cannot compile is
+    recorded as such without a run.
     """
     import optuna
 
@@ -136,6 +139,9 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
         worker = TrialWorker(family, profile, seed=seed, timeout_s=trial_timeout_s, rep_ms=rep_ms)
     ctx = None
     origin = {"process": f"{socket.gethostname()}:{os.getpid()}"}
+    if pool is not None and measured < budget:  # what the study asks first, then the rest of the space
+        pool.ahead(point, [c for c in proposer.queue if config_id(c) in proposer.untried]
+                   + list(proposer.untried.values()))
     try:
         while measured < budget and not stop.exhausted:
             if deadline is not None and time.monotonic() >= deadline:
@@ -145,7 +151,10 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
             if step is None:
                 break
             trial, config = step
-            if worker is not None:
+            compiled = None if pool is None else pool.wait(point, config, worker.timeout_s if worker else 120.0)
+            if compiled is not None and compiled.status in TRUSTED:
+                outcome = TrialOutcome(compiled.status, compiled.reason, extra={"compiled_by": "pool"})
+            elif worker is not None:
                 outcome = worker.bind(point).run(config)
             else:
                 ctx = ctx or prepare(point, family, profile, space, seed)
@@ -181,7 +190,7 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
           trial_timeout_s: float | None = None, on_wait: Callable[[Point], None] | None = None,
           poll_s: float = 1.0, patience: int | None = None, min_improvement: float = 0.02,
           time_budget_s: float | None = None, warm_start: bool = True,
-          storage: Any = None) -> list[PointResult]:
+          storage: Any = None, compile_workers: int | None = None) -> list[PointResult]:
     """Tune every point, one worker process for the whole sweep; results come back in the order of ``points``.
 
     Points the cache already has a current winner for are skipped unless ``retune``. A point another process
@@ -190,7 +199,8 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
     ``patience``, ``min_improvement`` and ``warm_start`` go to :func:`tune_point`. After ``time_budget_s``
     seconds no trial starts: the points not finished come back with ``stopped="time budget"`` and no winner,
     and a later sweep resumes them. ``storage`` (an Optuna storage, see :func:`make_storage`) holds the studies
-    instead of the journal file next to the cache.
+    instead of the journal file next to the cache. ``compile_workers`` processes compile configs ahead of
+    timing (default :func:`autotune._compile_pool.default_workers`; 0: each config compiles when it is timed).
     """
     n = trials or DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     family = get_family(kernel) if isinstance(kernel, str) else kernel
@@ -198,6 +208,9 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
     results: dict[int, PointResult] = {}
     worker = TrialWorker(family, profile, seed=seed, timeout_s=trial_timeout_s, rep_ms=rep_ms) if isolate else None
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+    n_compile = default_workers(profile.interpreter) if compile_workers is None else compile_workers
+    pool = CompilePool(family, n_compile) if n_compile and isolate and family.precompiler else None
+    points = list(points)
 
     def finish(i: int, res: PointResult) -> None:
         results[i] = res
@@ -223,7 +236,8 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
                         res = tune_point(point, profile=profile, store=store, trials=n, seed=seed, kernel=family,
                                          on_trial=on_trial, rep_ms=rep_ms, isolate=isolate, worker=worker,
                                          fresh=retune, patience=patience, min_improvement=min_improvement,
-                                         deadline=deadline, warm_start=warm_start, storage=storage)
+                                         deadline=deadline, warm_start=warm_start, storage=storage,
+                                         pool=pool)
                     except WorkerError as exc:
                         res = PointResult(point, key, error=str(exc))
             finally:
@@ -234,6 +248,11 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
         return True
 
     try:
+        if pool is not None:  # the whole grid's configs, in the background, once per compiled kernel
+            space = load_space(family.space, profile.name if profile.interpreter else "default")
+            for point in points:
+                if retune or store.get_winner(make_key(point, family, gpu, cc)) is None:
+                    pool.behind(point, space.candidates(point, profile))
         waiting = []
         for i, point in enumerate(points):
             if not take(i, point):
@@ -250,6 +269,8 @@ def sweep(points: Iterable[Point], *, profile: GpuProfile, store: CacheStore, tr
     finally:
         if worker is not None:
             worker.close()
+        if pool is not None:
+            pool.close()
     return [results[i] for i in sorted(results)]
 
 

@@ -75,6 +75,12 @@ def sweep(
                                                    "(postgresql://user@host/db, sqlite:///file.db) shared by "
                                                    "several hosts, or journal:PATH. Default: a journal file "
                                                    "next to the cache.", show_default=False)] = None,
+    compile_workers: Annotated[Optional[int], typer.Option(min=0, max=256, help="Processes that compile the "
+                                                           "next configs with Triton while the GPU times the "
+                                                           "current ones (they share Triton's on-disk cache). "
+                                                           "Default: one per CPU core but one, on a GPU; 0 "
+                                                           "compiles each config when it is timed.",
+                                                           show_default=False)] = None,
 ) -> None:
     """Tune every point of a grid: an Optuna study per point, each trial gated against fp32, winners cached.
 
@@ -87,7 +93,7 @@ def sweep(
 
     kw = dict(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel,
               rep_ms=rep_ms, from_misses=from_misses, patience=patience, min_improvement=min_improvement,
-              time_budget=time_budget, storage=storage)
+              time_budget=time_budget, storage=storage, compile_workers=compile_workers)
     if devices is not None:
         from ._multi import run_multi
 
@@ -135,6 +141,10 @@ def study_search(
     dtype: Annotated[str, typer.Option(help="float16 or bfloat16.")] = "float16",
     rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing window per config on a GPU, in "
                                                                "ms.")] = 100,
+    compile_workers: Annotated[Optional[int], typer.Option(min=0, max=256, help="Processes compiling the "
+                                                           "configs ahead of timing (default: one per CPU "
+                                                           "core but one, on a GPU; 0: none).",
+                                                           show_default=False)] = None,
 ) -> None:
     """Time every valid config of each point once (gated), then replay the sweep's TPE search and random search
     on those timings: trials needed per seed to get within 3% of the exhaustive best. Writes nothing to the cache.
@@ -142,7 +152,8 @@ def study_search(
     from ._cli_study import run_study_cli
 
     with domain_errors():
-        run_study_cli(gpu=gpu, grid=grid, seeds=seeds, out=out, plot=plot, dtype=dtype, rep_ms=rep_ms)
+        run_study_cli(gpu=gpu, grid=grid, seeds=seeds, out=out, plot=plot, dtype=dtype, rep_ms=rep_ms,
+                      compile_workers=compile_workers)
 
 
 @app.command()

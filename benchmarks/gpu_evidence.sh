@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's GPU evidence, run on the H100 from a committed state:
 #   FLASHCORE_COMMIT=<sha> benchmarks/gpu_evidence.sh OUTDIR STAGE [STAGE ...]
-# Stages: tests, small, fault, default, bench, overhead. Each writes its log/JSON/PNG into OUTDIR, each
+# Stages: tests, small, fault, default, times, study, bench, overhead. Each writes its log/JSON/PNG into OUTDIR, each
 # headed by its provenance (GPU, torch, triton, commit, date); the cache file is $DB (default OUTDIR/h100.db).
 set -uo pipefail
 out=$1; shift
@@ -25,6 +25,12 @@ for stage in "$@"; do
     default) { prov; timeout "${SWEEP_TIMEOUT:-3600}" python3 -m autotune sweep --gpu h100 --grid default --trials "${TRIALS:-20}" --rep-ms "${REP_MS:-100}" --db "$db"; } 2>&1 \
                | tee "$out/sweep-default.log" | tail -40
              at export --db "$db" --format json -o "$out/h100-float16.json" ;;
+    times) { prov; python3 benchmarks/sweep_times.py --out "$out/sweep-times.json" --db "$db" --logs "$out" \
+               --rep-ms "${REP_MS:-50}" ${TRIALS:+--trials "$TRIALS"} --default-timeout "${SWEEP_TIMEOUT:-600}"; } \
+               2>&1 | tee "$out/sweep-times.log" | tail -25
+           at export --db "$db" --format json -o "$out/h100-float16.json" ;;
+    study) { prov; at study-search --gpu h100 --grid "${STUDY_GRID:-small}" --seeds "${SEEDS:-5}" --rep-ms "${REP_MS:-50}" \
+               --out "$out/search-study.json" --plot "$out/search-study.png"; } 2>&1 | tee "$out/search-study.log" | tail -25 ;;
     bench) at bench --gpu h100 --grid "${GRID:-default}" --db "$db" --out "$out/bench-${GRID:-default}.json" \
              --plot "$out/bench-${GRID:-default}.png" 2>&1 | tee "$out/bench-${GRID:-default}.log" | tail -45 ;;
     overhead) python3 benchmarks/overhead.py --db "$db" --out "$out/overhead.json" 2>&1 | tail -30 ;;

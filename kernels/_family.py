@@ -29,6 +29,9 @@ class KernelFamily:
     space: str
     sources: tuple[str, ...]
     dtypes: tuple[str, ...]
+    # "module:function" that compiles a config without inputs (kernels/_precompile.py), for compiling ahead of
+    # timing in other processes; None: the family's configs compile when first launched.
+    precompiler: str | None = None
 
     @property
     def source_hash(self) -> str:
@@ -41,6 +44,13 @@ class KernelFamily:
     def reference_fn(self) -> Callable:
         return _resolve(self.reference)
 
+    def precompile_fn(self) -> Callable | None:
+        """``precompile(shape, torch_dtype, causal, config) -> bool`` (False: nothing to compile), or None."""
+        if self.precompiler is None:
+            return None
+        ensure_backend()
+        return _resolve(self.precompiler)
+
 
 FAMILIES: dict[str, KernelFamily] = {
     "attention_fwd": KernelFamily(
@@ -50,6 +60,7 @@ FAMILIES: dict[str, KernelFamily] = {
         space="attention_fwd",
         sources=("attention_fwd.py", "launch.py"),
         dtypes=("float16", "bfloat16"),
+        precompiler="kernels._precompile:precompile_attention_fwd",
     ),
     # FP8 E4M3 (kernels/quant.py recipes; the launcher takes 16-bit q, k, v and quantizes them per the config).
     # Its trials need the FP8 gate (autotune/_fp8_gate.py), not the fp16 one.

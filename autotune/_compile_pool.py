@@ -1,0 +1,236 @@
+"""Compiling ahead of timing: CPU processes compile the configs a sweep will time next while the GPU times.
+
+On the H100 a config takes 0.4-1 s to compile and milliseconds to time, so a sweep that compiles in its timing
+worker spends most of its time compiling. :class:`CompilePool` runs the family's precompiler
+(``KernelFamily.precompiler``, e.g. ``kernels._precompile.precompile_attention_fwd``: Triton's own
+``JITFunction.warmup`` on meta tensors) in a pool of spawned processes. The compiled kernels land in Triton's
+on-disk cache ($TRITON_CACHE_DIR, shared by every process of the host), where the timing worker's launch finds
+them and only loads them. The pool never replaces the timing worker's checks: whatever it compiles is still
+launched, gated and timed there.
+
+The sweep tells the pool, per point, every config it may time (``ahead``, in the order it will probably ask
+for them); configs it is about to time jump that queue (``wait``). At most one job per process is in flight, so
+an urgent config waits for one compile at most. A config the compiler rejects comes back "compile_error" and
+is recorded without reaching the GPU. A pool process that dies (a compiler crash) takes the pool with it: the
+pool is restarted, and the configs it was compiling are left to the timing worker, whose isolation deals with
+them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._grids import Point
+
+TRUSTED = ("compile_error", "resources")  # verdicts of the pool recorded without a run on the GPU
+
+
+def default_workers(interpreter: bool) -> int:
+    """Compile processes by default: none under the interpreter (it compiles nothing), else one per CPU core
+    but one (the timing worker's)."""
+    return 0 if interpreter else max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass
+class CompileOutcome:
+    """How compiling one config ended: "ok", "skipped" (nothing to compile), or a KernelError's kind."""
+
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class PoolStats:
+    submitted: int = 0
+    compiled: int = 0
+    failed: int = 0
+    restarts: int = 0
+    waited_s: float = 0.0  # time the sweep spent waiting for a config it was about to time
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _point_key(point: Point, config: dict[str, Any]) -> tuple:
+    return (point.batch, point.heads, point.seq_len, point.head_dim, point.causal, point.dtype,
+            tuple(sorted(config.items())))
+
+
+class CompilePool:
+    """A pool of ``workers`` spawned processes compiling configs of ``family`` ahead of timing.
+
+    Contract: ``ahead(point, configs)`` queues configs (deduplicated, in order); ``wait(point, config,
+    timeout_s)`` returns the :class:`CompileOutcome` of that config, compiling it next if it is not done, or None
+    when the pool could not say in time (the timing worker then compiles it itself). Never raises because of
+    a config. ``close()`` stops the processes. Use it as a context manager.
+    """
+
+    def __init__(self, family: Any, workers: int) -> None:
+        if family.precompiler is None:
+            raise ValueError(f"kernel family {family.name} has no precompiler")
+        if workers < 1:
+            raise ValueError("a compile pool needs at least one worker")
+        self.spec = family.precompiler
+        self.workers = workers
+        self._keyfn = getattr(family.precompile_fn(), "key", None)  # one job per compiled kernel, not per point
+        self.stats = PoolStats()
+        self._jobs: dict[tuple, Future] = {}
+        self._backlog: deque[tuple[tuple, Point, dict[str, Any]]] = deque()
+        self._pending: set[Future] = set()
+        self._executor: ProcessPoolExecutor | None = None
+
+    # -- public --------------------------------------------------------------------------------------------
+
+    def ahead(self, point: Point, configs: list[dict[str, Any]]) -> None:
+        """Queue ``configs`` of ``point`` for compiling, ahead of everything queued before (moving them up)."""
+        jobs = self._fresh(point, configs, requeue=True)
+        keys = {key for key, _, _ in jobs}
+        self._backlog = deque(job for job in self._backlog if job[0] not in keys)
+        self._backlog.extendleft(reversed(jobs))
+        self._pump()
+
+    def behind(self, point: Point, configs: list[dict[str, Any]]) -> None:
+        """Queue ``configs`` of ``point`` for compiling, after everything queued before."""
+        self._backlog.extend(self._fresh(point, configs))
+        self._pump()
+
+    def wait(self, point: Point, config: dict[str, Any], timeout_s: float) -> CompileOutcome | None:
+        """The outcome of compiling ``config`` at ``point``, compiling it now if needed; None if unknown."""
+        key = self._key(point, config)
+        t0 = time.monotonic()
+        try:
+            fut = self._jobs.get(key) or self._submit(key, point, config)
+            while True:
+                try:
+                    status, reason, seconds = fut.result(timeout=0.05)
+                    return CompileOutcome(status, reason, seconds)
+                except FutureTimeout:
+                    self._pump()
+                    if time.monotonic() - t0 > timeout_s:
+                        return None
+        except BrokenProcessPool:
+            self._restart()
+            return None
+        finally:
+            self.stats.waited_s += time.monotonic() - t0
+
+    def close(self) -> None:
+        """Stop the compile processes (jobs still queued are dropped). Closing twice is fine."""
+        self._backlog.clear()
+        if self._executor is not None:
+            procs = list(getattr(self._executor, "_processes", {}).values())
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.kill()
+            self._executor = None
+
+    def __enter__(self) -> CompilePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _key(self, point: Point, config: dict[str, Any]) -> tuple:
+        if self._keyfn is None:
+            return _point_key(point, config)
+        from ._inputs import torch_dtype
+
+        shape = (point.batch, point.heads, point.seq_len, point.head_dim)
+        try:
+            return self._keyfn(shape, torch_dtype(point.dtype), point.causal, config)
+        except (ValueError, TypeError, KeyError):  # a config the launcher rejects: the job reports it
+            return _point_key(point, config)
+
+    def _fresh(self, point: Point, configs: list[dict[str, Any]],
+               requeue: bool = False) -> list[tuple[tuple, Point, dict[str, Any]]]:
+        """The jobs of ``configs`` not submitted (nor queued, unless ``requeue``), deduplicated, in order."""
+        seen = set(self._jobs) | (set() if requeue else {key for key, _, _ in self._backlog})
+        out = []
+        for c in configs:
+            key = self._key(point, c)
+            if key not in seen:
+                seen.add(key)
+                out.append((key, point, dict(c)))
+        return out
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_lower_priority)
+        return self._executor
+
+    def _submit(self, key: tuple, point: Point, config: dict[str, Any]) -> Future:
+        shape = (point.batch, point.heads, point.seq_len, point.head_dim)
+        fut = self._pool().submit(_compile, self.spec, shape, point.dtype, point.causal, config)
+        fut.add_done_callback(self._count)
+        self._jobs[key] = fut
+        self._pending.add(fut)
+        self.stats.submitted += 1
+        return fut
+
+    def _count(self, fut: Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        status = fut.result()[0]
+        if status == "ok":
+            self.stats.compiled += 1
+        elif status != "skipped":
+            self.stats.failed += 1
+
+    def _pump(self) -> None:
+        """Submit queued configs while fewer jobs than processes are in flight."""
+        self._pending = {f for f in self._pending if not f.done()}
+        try:
+            while self._backlog and len(self._pending) < self.workers:
+                key, point, config = self._backlog.popleft()
+                if key not in self._jobs:
+                    self._submit(key, point, config)
+        except BrokenProcessPool:
+            self._restart()
+
+    def _restart(self) -> None:
+        """A compile process died: forget the jobs it took down and start a fresh pool on the next submit."""
+        self.stats.restarts += 1
+        self._jobs = {k: f for k, f in self._jobs.items() if f.done() and f.exception() is None}
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+def _lower_priority() -> None:
+    """In a pool process: yield the CPU to the timing worker, whose launches must not wait for a core."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
+def _compile(spec: str, shape: tuple[int, ...], dtype: str, causal: bool,
+             config: dict[str, Any]) -> tuple[str, str, float]:
+    """In a pool process: compile one config; (status, reason, seconds). Never raises for a config."""
+    import importlib
+
+    from kernels import KernelError, ensure_backend
+
+    from ._inputs import torch_dtype
+
+    ensure_backend()
+    module, _, attr = spec.partition(":")
+    precompile = getattr(importlib.import_module(module), attr)
+    t0 = time.perf_counter()
+    try:
+        compiled = precompile(shape, torch_dtype(dtype), causal, config)
+    except KernelError as exc:
+        return exc.kind, str(exc), time.perf_counter() - t0
+    return ("ok" if compiled else "skipped"), "", time.perf_counter() - t0

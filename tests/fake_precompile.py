@@ -1,0 +1,27 @@
+"""A planted precompiler for compile-pool tests: logs every compile to $FAKE_PRECOMPILE_LOG, rejects
+BLOCK_N == 16 like a compiler error, and kills its process on BLOCK_M == 64 with BLOCK_N == 64 (a compiler
+crash). Its key makes two points of one head dim and mask share every compiled kernel."""
+
+import json
+import os
+
+from kernels import KernelCompileError
+
+CRASH = {"BLOCK_M": 64, "BLOCK_N": 64}
+
+
+def precompile(shape, dtype, causal, config):
+    with open(os.environ["FAKE_PRECOMPILE_LOG"], "a") as fh:
+        fh.write(json.dumps({"shape": list(shape), "causal": causal, "config": config}, sort_keys=True) + "\n")
+    if config.get("BLOCK_N") == 16:
+        raise KernelCompileError("CompilationError: planted by fake_precompile")
+    if all(config.get(k) == v for k, v in CRASH.items()):
+        os._exit(3)
+    return True
+
+
+def key(shape, dtype, causal, config):
+    return (shape[-1], str(dtype), bool(causal), tuple(sorted(config.items())))
+
+
+precompile.key = key
