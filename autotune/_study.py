@@ -295,7 +295,7 @@ def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: st
                 target=f"within {TARGET:.0%} of the exhaustive best", tpe_startup_trials=startup,
                 tpe_policy="the sweep's: default first, only valid untried configs, failures as constraints",
                 random_policy="valid configs uniformly without replacement",
-                timing="cpu-wall (meaningless for speed)" if profile.interpreter else "cuda-events")
+                timing="cpu-wall (meaningless for speed)" if profile.interpreter else "cuda-graph-events")
     out = []
     points = list(points)
     n_compile = default_workers(profile.interpreter) if compile_workers is None else compile_workers

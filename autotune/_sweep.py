@@ -147,11 +147,14 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
             if deadline is not None and time.monotonic() >= deadline:
                 result.stopped = "time budget"
                 break
+            t0 = time.perf_counter()
             step = proposer.propose(max_asks=50 * max(1, trials))
             if step is None:
                 break
             trial, config = step
+            t1 = time.perf_counter()
             compiled = None if pool is None else pool.wait(point, config, worker.timeout_s if worker else 120.0)
+            t2 = time.perf_counter()
             if compiled is not None and compiled.status in TRUSTED:
                 outcome = TrialOutcome(compiled.status, compiled.reason, extra={"compiled_by": "pool"})
             elif worker is not None:
@@ -159,7 +162,9 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
             else:
                 ctx = ctx or prepare(point, family, profile, space, seed)
                 outcome = run_trial(ctx, config, rep_ms=rep_ms)
-            record = _record(key, config, outcome, study_name, trial.number, origin)
+            spent = {"ask_s": round(t1 - t0, 4), "compile_wait_s": round(t2 - t1, 4),
+                     "run_s": round(time.perf_counter() - t2, 4)}  # where a sweep's time goes
+            record = _record(key, config, outcome, study_name, trial.number, {**origin, **spent})
             store.add_trial(record)  # before telling Optuna: the cache is the record of what ran
             result.trials.append(record)
             if on_trial:
