@@ -132,8 +132,9 @@ def geomean(values: Sequence[float]) -> float | None:
     return math.exp(sum(math.log(x) for x in values) / len(values))
 
 
-def plot_bench(result: dict[str, Any], path: str | Path) -> None:
-    """Write a PNG of TF/s per point for each provider (grouped bars) to ``path``.
+def plot_bench(result: dict[str, Any], path: str | Path, providers: Sequence[str] = PROVIDERS,
+               what: str = "tuned kernel vs PyTorch SDPA") -> None:
+    """Write a PNG of TF/s per point for each of ``providers`` (grouped bars) to ``path``.
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). Refused providers leave a
     gap. AutotuneError if matplotlib is missing.
@@ -151,11 +152,11 @@ def plot_bench(result: dict[str, Any], path: str | Path) -> None:
     fig = Figure(figsize=(max(6.0, 0.6 * len(rows) + 3), 5.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    width = 0.8 / len(PROVIDERS)
+    width = 0.8 / len(providers)
     shown: list[float] = []
     handles: list[Any] = []
-    for i, p in enumerate(PROVIDERS):
-        xs = [j + (i - (len(PROVIDERS) - 1) / 2) * width for j in range(len(rows))]
+    for i, p in enumerate(providers):
+        xs = [j + (i - (len(providers) - 1) / 2) * width for j in range(len(rows))]
         ys = [r.get(f"{p}_tflops") for r in rows]
         pairs = [(x, y) for x, y in zip(xs, ys) if _positive(y)]
         shown += [y for _, y in pairs]
@@ -171,7 +172,7 @@ def plot_bench(result: dict[str, Any], path: str | Path) -> None:
         if prov.get("timing") == CPU_TIMING else ""
     grid = f", grid {prov['grid']}" if prov.get("grid") else ""
     fig.suptitle(f"FlashCore bench on {prov.get('gpu', '?')}, {date}\n{prov.get('dtype', '')}{grid}, "
-                 f"tuned kernel vs PyTorch SDPA{timing}", fontsize=10)
+                 f"{what}{timing}", fontsize=10)
     ax.legend(handles=handles, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, format="png", dpi=120)

@@ -44,12 +44,14 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
     from kernels import get_family
 
     from ._dispatch import clear_cache
+    from ._dtypes import resolve_dtype
     from ._inputs import torch_dtype
     from ._sweep import DEFAULT_TRIALS, make_storage, sweep
     from ._compile_pool import default_workers
     from ._worker import default_timeout
 
     torch_dtype(dtype)
+    dtype, kernel = resolve_dtype(dtype, None, kernel)  # the FP8 labels ("fp8-tol0.03") select attention_fp8
     profile = resolve_profile(gpu)
     family = get_family(kernel)
     select_backend(profile)

@@ -118,6 +118,9 @@ class CompilePool:
         except BrokenProcessPool:
             self._restart()
             return None
+        except Exception as exc:  # a bug in the precompiler, not the config: the timing worker decides
+            self.stats.extra["last_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            return None
         finally:
             self.stats.waited_s += time.monotonic() - t0
 
@@ -179,7 +182,7 @@ class CompilePool:
         return fut
 
     def _count(self, fut: Future) -> None:
-        if fut.cancelled() or fut.exception() is not None:
+        if fut.cancelled() or fut.exception() is not None:  # a crash (restart) or a precompiler bug (wait)
             return
         status = fut.result()[0]
         if status == "ok":

@@ -4,7 +4,8 @@ FP8 outputs cannot meet the fp16 gate (autotune/_gate.py): quantizing the inputs
 relative L2 error (/work/shared/anchors/README.md). So an FP8 trial passes when
 1. every element is written and finite;
 2. its relative L2 error against the fp32 reference of the UNQUANTIZED inputs is at most ``tol`` (default 0.1;
-   the sweep's ``--fp8-tol`` once the CLI has it): the error budget that decides which recipes may win;
+   the sweep's ``--fp8-tol``, carried in the point's dtype label, ``cache.fp8_dtype``): the error budget that
+   decides which recipes may win;
 3. its relative L2 error is at most ``EMULATION_FACTOR`` (1.5) times the error of the PyTorch emulation of the
    same recipe and tiles (kernels/fp8_reference.py): quantization error belongs to the recipe, and a kernel that
    adds its own (a scale not applied, a wrong mask, a lossy accumulation) is caught even inside the budget.
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from cache import DEFAULT_FP8_TOL
+
 from ._gate import GateResult
 
-DEFAULT_FP8_TOL = 0.1
 EMULATION_FACTOR = 1.5
 # Below this the emulation's error is output rounding (bf16 keeps 8 bits), not quantization: the factor is
 # applied to at least this much, so an exactly emulated kernel is not failed by its final 16-bit cast.

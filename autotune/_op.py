@@ -3,7 +3,10 @@
 ``attention(q, k, v, ...)`` takes SDPA's arguments and returns SDPA's result for what the kernels support;
 anything else falls back to SDPA itself (never to a wrong answer), or raises with ``strict=True``. The tuned
 path is the custom op ``torch.ops.flashcore.attention`` (registered when this module is first imported, with a
-fake implementation), so it works inside ``torch.compile(fullgraph=True)``.
+fake implementation), so it works inside ``torch.compile(fullgraph=True)``. In plain eager mode (``_eager``:
+not compiling, plain tensors, no dispatch or torch-function mode, functorch transform, JIT trace or profiler)
+``attention`` calls the op's implementation directly: the op's Python dispatch would cost more host time than
+the kernel launch itself, and it adds nothing there.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ class UnsupportedAttention(ValueError):
     """Raised by ``attention(..., strict=True)`` for inputs the tuned kernels do not support."""
 
 
-@torch.library.custom_op("flashcore::attention", mutates_args=())
-def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
-                  scale: float | None) -> torch.Tensor:
+def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
+                    scale: float | None) -> torch.Tensor:
     kernel = get_kernel(tuple(q.shape), dtype=q.dtype, causal=is_causal)
     return kernel(q, k, v, sm_scale=scale)
+
+
+_attention_op = torch.library.custom_op("flashcore::attention", _attention_impl, mutates_args=())
 
 
 @_attention_op.register_fake
@@ -35,6 +40,21 @@ def _attention_fake(q, k, v, is_causal, scale):
 
 def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False) -> str | None:
     """Why the tuned kernels cannot compute this call exactly as SDPA would, or None when they can."""
+    # The common supported call (CUDA, no extras) in one pass. Together these conditions imply that every check
+    # in _reason passes, so this returns None only where _reason would; anything else gets _reason's answer.
+    if attn_mask is None and not dropout_p and not enable_gqa and q.is_cuda:
+        shape = q.shape
+        if (len(shape) == 4 and k.shape == shape and v.shape == shape and 1 <= shape[3] <= MAX_HEAD_DIM
+                and min(shape) >= 1):
+            dtype = q.dtype
+            if (dtype in _DTYPES and k.dtype == dtype and v.dtype == dtype
+                    and k.device == q.device and v.device == q.device
+                    and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
+                return None
+    return _reason(q, k, v, attn_mask, dropout_p, enable_gqa)
+
+
+def _reason(q, k, v, attn_mask, dropout_p, enable_gqa) -> str | None:
     if attn_mask is not None:
         return "attention masks are not supported (use is_causal)"
     if dropout_p:
@@ -59,6 +79,18 @@ def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False)
     return None
 
 
+_Tensor = torch.Tensor
+
+
+def _eager(q, k, v) -> bool:
+    """Whether calling the op's implementation directly is the same as calling the op: plain eager mode with
+    plain tensors, nothing that traces, transforms, intercepts or profiles torch calls."""
+    return (not torch.compiler.is_compiling() and type(q) is _Tensor and type(k) is _Tensor and type(v) is _Tensor
+            and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._functorch.peek_interpreter_stack() is None and not torch._C._get_tracing_state()
+            and not torch.autograd._profiler_enabled())
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
               enable_gqa: bool = False, *, strict: bool = False) -> torch.Tensor:
@@ -68,6 +100,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     """
     reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa)
     if reason is None:
+        if _eager(q, k, v):
+            return _attention_impl(q, k, v, bool(is_causal), scale)
         return torch.ops.flashcore.attention(q, k, v, is_causal, scale)
     if strict:
         raise UnsupportedAttention(reason)

@@ -16,7 +16,7 @@ import torch
 
 from kernels import KernelError
 
-from . import _gate
+from . import _fp8_trial, _gate
 from ._inputs import make_inputs
 from ._timing import measure
 
@@ -34,6 +34,8 @@ class PointContext:
     v: torch.Tensor
     ref: torch.Tensor
     cuda: bool
+    fp8_tol: float | None = None  # an FP8 point's error budget (its dtype label): the FP8 gate applies
+    fp8_operands: dict = field(default_factory=dict)  # (recipe, BLOCK_M, BLOCK_N) -> quantized inputs, emulation
 
 
 @dataclass
@@ -53,12 +55,22 @@ class TrialOutcome:
 
 
 def prepare(point, family, profile, space, seed: int = 0) -> PointContext:
-    """Make the point's inputs on the profile's device and its fp32 reference."""
+    """Make the point's inputs on the profile's device and its fp32 reference.
+
+    The gate follows the point's dtype: an FP8 label ("fp8", "fp8-tol0.03") selects the FP8 gate under that
+    budget (``_fp8_trial``), anything else the 16-bit gate; a family that does not take the dtype (the FP8
+    kernel at float16, the fp16 kernel at fp8) is refused here, so no trial is ever gated by the wrong gate.
+    """
+    from cache import base_dtype, fp8_tol
+
+    dtypes = getattr(family, "dtypes", None)  # test families may leave it out
+    if dtypes is not None and base_dtype(point.dtype) not in dtypes:
+        raise ValueError(f"kernel {family.name} takes dtype {' or '.join(dtypes)}, not {point.dtype}")
     cuda = not profile.interpreter
     device = "cuda" if cuda else "cpu"
     q, k, v = make_inputs(point, device, seed)
     ref = family.reference_fn()(q, k, v, causal=point.causal)
-    return PointContext(point, family, profile, space, q, k, v, ref, cuda)
+    return PointContext(point, family, profile, space, q, k, v, ref, cuda, fp8_tol(point.dtype))
 
 
 def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, time_it: bool = True,
@@ -78,7 +90,13 @@ def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, t
     t0 = time.perf_counter()
     try:
         out = torch.full_like(ctx.q, float("nan"))
-        call = lambda: launch(ctx.q, ctx.k, ctx.v, config, causal=ctx.point.causal, out=out)  # noqa: E731
+        if ctx.fp8_tol is None:
+            call = lambda: launch(ctx.q, ctx.k, ctx.v, config, causal=ctx.point.causal, out=out)  # noqa: E731
+        else:  # quantizes (and emulates) once per recipe and tiles; the kernel alone is timed
+            call = _fp8_trial.kernel_call(ctx, config, out)
+            if ctx.cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
         call()
         if ctx.cuda:
             torch.cuda.synchronize()
@@ -87,12 +105,16 @@ def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, t
     except RuntimeError as exc:
         return _device_failure(ctx, exc)
     first_s = time.perf_counter() - t0
-    verdict = _gate.check(out, ctx.ref, ctx.point.dtype)
+    if ctx.fp8_tol is None:
+        verdict, gate_extra = _gate.check(out, ctx.ref, ctx.point.dtype), {}
+    else:
+        verdict, gate_extra = _fp8_trial.verdict(ctx, config, out)
     figures = dict(rel_err=_finite(verdict.rel_err), max_abs_err=_finite(verdict.max_abs_err))
+    extra = {"first_call_s": round(first_s, 4), **gate_extra}
     if not verdict.passed:
-        return TrialOutcome("gate_failed", verdict.reason, **figures, extra={"first_call_s": round(first_s, 4)})
+        return TrialOutcome("gate_failed", verdict.reason, **figures, extra=extra)
     if not time_it:
-        return TrialOutcome("ok", "", **figures, extra={"first_call_s": round(first_s, 4)})
+        return TrialOutcome("ok", "", **figures, extra=extra)
     try:
         timing = measure(call, cuda=ctx.cuda, rep_ms=rep_ms)
     except KernelError as exc:
@@ -101,7 +123,7 @@ def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, t
         return _device_failure(ctx, exc, figures)
     tflops = ctx.point.flops / (timing.median_us * 1e-6) / 1e12
     return TrialOutcome("ok", "", timing.median_us, timing.p95_us, timing.p99_us, tflops, **figures,
-                        extra={"first_call_s": round(first_s, 4), "timing": timing.method})
+                        extra={**extra, "timing": timing.method})
 
 
 def _device_failure(ctx: PointContext, exc: RuntimeError, figures: dict[str, Any] | None = None) -> TrialOutcome:

@@ -44,9 +44,19 @@ def served_winners(store: CacheStore, profile: GpuProfile) -> list[Entry]:
             family = get_family(entry.key.kernel)
         except KeyError:  # a kernel this install does not have: never served
             continue
-        if entry.key.kernel_hash == family.source_hash and entry.key.dtype in family.dtypes:
+        if entry.key.kernel_hash == family.source_hash and _base_dtype(entry.key.dtype) in family.dtypes:
             out.append(entry)
     return out
+
+
+def _base_dtype(dtype: str) -> str | None:
+    """"fp8" for every FP8 budget label (validated under the entry's own budget), the dtype otherwise."""
+    from cache import base_dtype
+
+    try:
+        return base_dtype(dtype)
+    except ValueError:
+        return None
 
 
 def validate_winners(store: CacheStore, profile: GpuProfile, *, drop: bool = False,

@@ -47,9 +47,16 @@ def sweep(
                                                   "(default 30 on a GPU, 6 on cpu).")] = None,
     db: DbOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the Optuna sampler and the inputs.")] = 0,
-    dtype: Annotated[str, typer.Option(help="float16 or bfloat16.")] = "float16",
+    dtype: Annotated[str, typer.Option(help="float16, bfloat16, or fp8 (the FP8 kernel attention_fp8 on 16-bit "
+                                            "inputs, gated by an error budget: see --fp8-tol).")] = "float16",
+    fp8_tol: Annotated[Optional[str], typer.Option(help="With --dtype fp8: the error budget, the relative L2 "
+                                                        "error against the fp32 reference allowed, in (0, 1]; "
+                                                        "default 0.1. Part of the cache key: winners under "
+                                                        "different budgets coexist.", show_default=False,
+                                                   metavar="FLOAT")] = None,
     retune: Annotated[bool, typer.Option(help="Tune points the cache already has a winner for.")] = False,
-    kernel: Annotated[str, typer.Option(help="Kernel family to tune: attention_fwd, or attention_fwd_faulty "
+    kernel: Annotated[str, typer.Option(help="Kernel family to tune: attention_fwd (attention_fp8 with --dtype "
+                                             "fp8), or attention_fwd_faulty "
                                              "(fault injection for tests, needs FLASHCORE_FAULT_INJECTION=1: its "
                                              "default config faults).")] = "attention_fwd",
     rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing window per trial on a GPU, in ms "
@@ -90,7 +97,10 @@ def sweep(
     --devices 0,1 runs one such sweep per GPU of this host; --storage puts the studies where other hosts see them.
     """
     from ._cli_sweep import run_sweep
+    from ._dtypes import resolve_dtype
 
+    with domain_errors():  # --dtype fp8 --fp8-tol X -> the label fp8-tol<X> and the FP8 kernel
+        dtype, kernel = resolve_dtype(dtype, fp8_tol, kernel)
     kw = dict(gpu=gpu, grid=grid, trials=trials, db=db, seed=seed, dtype=dtype, retune=retune, kernel=kernel,
               rep_ms=rep_ms, from_misses=from_misses, patience=patience, min_improvement=min_improvement,
               time_budget=time_budget, storage=storage, compile_workers=compile_workers)
@@ -112,7 +122,13 @@ def bench(
     gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
                                           "or cpu (Triton's interpreter, wall time: meaningless for speed).")] = "auto",
     db: DbOption = None,
-    dtype: Annotated[str, typer.Option(help="float16 or bfloat16.")] = "float16",
+    dtype: Annotated[str, typer.Option(help="float16, bfloat16, or fp8: the tuned FP8 kernel (alone and with "
+                                            "its quantization) against the tuned fp16 kernel and SDPA.")] = "float16",
+    fp8_tol: Annotated[Optional[str], typer.Option(help="With --dtype fp8: the error budget whose FP8 winners "
+                                                        "are benched (default 0.1).", show_default=False,
+                                                   metavar="FLOAT")] = None,
+    fp16_db: Annotated[Optional[Path], typer.Option(help="With --dtype fp8: the cache of the tuned fp16 kernel "
+                                                         "(default: --db).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the results as JSON here (default: print the "
                                                      "table only).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of TF/s per point and provider here "
@@ -122,8 +138,18 @@ def bench(
 ) -> None:
     """Compare the tuned kernel with PyTorch SDPA's flash, cudnn and efficient backends on every point of a grid."""
     from ._cli_bench import run_bench_cli
+    from ._dtypes import FP8_FAMILY, resolve_dtype
 
     with domain_errors():
+        dtype, kernel = resolve_dtype(dtype, fp8_tol)
+        if kernel == FP8_FAMILY:
+            from ._cli_bench_fp8 import run_bench_fp8_cli
+
+            run_bench_fp8_cli(gpu=gpu, grid=grid, db=db, fp16_db=fp16_db, dtype=dtype, out=out, plot=plot,
+                              rep_ms=rep_ms)
+            return
+        if fp16_db is not None:
+            raise AutotuneError("--fp16-db is the fp16 cache of --dtype fp8 (the fp16 bench reads --db)")
         run_bench_cli(gpu=gpu, grid=grid, db=db, dtype=dtype, out=out, plot=plot, rep_ms=rep_ms)
 
 
@@ -150,8 +176,12 @@ def study_search(
     on those timings: trials needed per seed to get within 3% of the exhaustive best. Writes nothing to the cache.
     """
     from ._cli_study import run_study_cli
+    from ._dtypes import FP16_FAMILY, resolve_dtype
 
     with domain_errors():
+        if resolve_dtype(dtype)[1] != FP16_FAMILY:
+            raise AutotuneError(f"study-search studies the fp16 kernel ({FP16_FAMILY}); --dtype {dtype} is not "
+                                "supported")
         run_study_cli(gpu=gpu, grid=grid, seeds=seeds, out=out, plot=plot, dtype=dtype, rep_ms=rep_ms,
                       compile_workers=compile_workers)
 

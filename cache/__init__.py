@@ -8,9 +8,11 @@ from ._merge import MergeReport, merge_caches
 from ._migrations import SCHEMA_VERSION
 from ._store import CacheStore
 from ._tables import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
-from ._types import DTYPES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord
+from ._types import (DEFAULT_FP8_TOL, DTYPES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord, base_dtype, fp8_dtype,
+                     fp8_tol)
 
 __all__ = [
+    "DEFAULT_FP8_TOL",
     "DTYPES",
     "FORMAT_VERSION",
     "SCHEMA_VERSION",
@@ -22,8 +24,11 @@ __all__ = [
     "MergeReport",
     "TableError",
     "TrialRecord",
+    "base_dtype",
     "entry_to_dict",
     "export_table",
+    "fp8_dtype",
+    "fp8_tol",
     "merge_caches",
     "parse_table",
     "read_table",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import CacheError, TableError
-from ._types import DTYPES, CacheKey, Entry
+from ._types import DTYPES, CacheKey, Entry, base_dtype
 
 FORMAT_VERSION = 1
 FIELDS: tuple[str, ...] = (
@@ -159,8 +159,9 @@ def _parse_entry(loc: str, item: Any) -> Entry:
     _text(f"{loc}.kernel", item["kernel"], _NAME_RE)
     _text(f"{loc}.kernel_hash", item["kernel_hash"], _NAME_RE)
     dtype = item["dtype"]
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise TableError(f"{loc}.dtype: expected one of {', '.join(DTYPES)}, got {_describe(dtype)}")
+    if not isinstance(dtype, str) or not _known_dtype(dtype):
+        raise TableError(f"{loc}.dtype: expected one of {', '.join(DTYPES)} (or fp8-tol<budget>), "
+                         f"got {_describe(dtype)}")
     causal = item["causal"]
     if not isinstance(causal, bool):
         raise TableError(f"{loc}.causal: expected true or false, got {_describe(causal)}")
@@ -370,3 +371,11 @@ def write_csv(entries: Iterable[Entry], path: str | os.PathLike[str] | None) -> 
     if path is not None:
         _write_text(path, text)
     return text
+
+
+def _known_dtype(dtype: str) -> bool:
+    """A dtype a key may carry: float16, bfloat16, fp8, or fp8 under another error budget (canonical label)."""
+    try:
+        return len(dtype) <= MAX_TEXT and base_dtype(dtype) in DTYPES
+    except ValueError:
+        return False

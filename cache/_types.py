@@ -12,6 +12,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DTYPES = ("float16", "bfloat16", "fp8")
+# FP8 keys carry their error budget in the dtype: "fp8" is the default budget (relative L2 error 0.1 against
+# the fp32 truth), "fp8-tol<budget>" any other, written with Python's "g" format ("fp8-tol0.03"). Winners
+# under different budgets are then different keys (they coexist in one cache and are served apart) without
+# a schema change. The functions below are the one place this label is made and parsed.
+DEFAULT_FP8_TOL = 0.1
+_FP8_PREFIX = "fp8-tol"
 TRIAL_STATUSES = ("ok", "invalid", "compile_error", "resources", "launch_error", "gate_failed", "timeout", "crashed")
 
 
@@ -82,3 +88,39 @@ class TrialRecord:
     trial_number: int | None = None
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fp8_dtype(tol: float = DEFAULT_FP8_TOL) -> str:
+    """The dtype label of FP8 under error budget ``tol`` (a relative L2 error in (0, 1]); ValueError otherwise."""
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol <= 1:  # NaN fails too
+        raise ValueError(f"the FP8 error budget must be a number in (0, 1] (a relative L2 error); got {tol!r}")
+    return "fp8" if float(tol) == DEFAULT_FP8_TOL else f"{_FP8_PREFIX}{float(tol):g}"
+
+
+def fp8_tol(dtype: str) -> float | None:
+    """The error budget of an FP8 dtype label ("fp8" -> 0.1, "fp8-tol0.03" -> 0.03); None for other dtypes.
+
+    ValueError for a malformed or non-canonical FP8 label ("fp8-tol0.030", "fp8-tol0.1", "fp8-tolx")."""
+    if dtype == "fp8":
+        return DEFAULT_FP8_TOL
+    if not isinstance(dtype, str) or not dtype.startswith("fp8"):
+        return None
+    try:
+        tol = float(dtype[len(_FP8_PREFIX):]) if dtype.startswith(_FP8_PREFIX) else float("nan")
+        canonical = fp8_dtype(tol)
+    except ValueError:
+        canonical = None
+    if canonical != dtype:
+        raise ValueError(f"malformed FP8 dtype {dtype!r}: expected fp8 (budget {DEFAULT_FP8_TOL:g}) or "
+                         f"{_FP8_PREFIX}<budget in (0, 1]>" + (f", here {canonical}" if canonical else ""))
+    return tol
+
+
+def base_dtype(dtype: str) -> str:
+    """The dtype without its FP8 budget ("fp8-tol0.03" -> "fp8"); ValueError for an unknown dtype."""
+    if fp8_tol(dtype) is not None:
+        return "fp8"
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of float16, bfloat16, fp8 "
+                         f"(or {_FP8_PREFIX}<budget>)")
+    return dtype

@@ -71,6 +71,7 @@ FAMILIES: dict[str, KernelFamily] = {
         space="attention_fp8",
         sources=("attention_fp8.py", "launch_fp8.py", "quant.py", "_config.py", "launch.py"),
         dtypes=("fp8",),
+        precompiler="kernels._precompile:precompile_attention_fp8",
     ),
 }
 

@@ -61,3 +61,43 @@ def _arg_class(arg: Any) -> Any:
 
 
 precompile_attention_fwd.key = compile_key_attention_fwd  # type: ignore[attr-defined]
+
+
+def _fp8_args(shape: Sequence[int], dtype: torch.dtype, causal: bool, config: Mapping[str, Any]):
+    """(grid, args, kwargs) of the FP8 kernel for ``config`` on meta inputs, quantized as its launcher does."""
+    from .launch_fp8 import _kernel_args, check_config, recipe_of
+    from .quant import quantize
+
+    check_config(config)
+    q, k, v = (torch.empty(tuple(shape), dtype=dtype, device="meta") for _ in range(3))
+    qi = quantize(q, k, v, recipe_of(config), config["BLOCK_M"], config["BLOCK_N"])
+    out = torch.empty(tuple(shape), dtype=dtype, device="meta")
+    return _kernel_args(qi, out, config, causal, None)
+
+
+def precompile_attention_fp8(shape: Sequence[int], dtype: torch.dtype, causal: bool,
+                             config: Mapping[str, Any]) -> bool:
+    """Compile ``config`` (tiles and recipe) of kernels.attention_fp8 for contiguous 16-bit (B, H, S, D) inputs."""
+    from .launch import _typed_errors, interpreting
+
+    if interpreting():
+        from .launch_fp8 import check_config
+
+        check_config(config)
+        return False
+    from .attention_fp8 import attn_fwd_fp8
+
+    grid, args, kwargs = _fp8_args(shape, dtype, causal, config)
+    with _typed_errors():
+        attn_fwd_fp8.warmup(*args, grid=grid, **kwargs)
+    return True
+
+
+def compile_key_attention_fp8(shape: Sequence[int], dtype: torch.dtype, causal: bool,
+                              config: Mapping[str, Any]) -> tuple:
+    """As :func:`compile_key_attention_fwd`, for the FP8 kernel."""
+    _, args, kwargs = _fp8_args(shape, dtype, causal, config)
+    return tuple(_arg_class(a) for a in args) + tuple(sorted(kwargs.items()))
+
+
+precompile_attention_fp8.key = compile_key_attention_fp8  # type: ignore[attr-defined]

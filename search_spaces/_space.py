@@ -53,7 +53,18 @@ class SearchSpace:
         return [c for c in self.all_configs() if not self.violations(c, point, profile)]
 
     def default_for(self, point: Any, profile: Any) -> dict[str, Any]:
-        """The space's safe default, adjusted to the point (no causal split without causal, tiles clipped)."""
+        """The space's safe default, adjusted to the point (no causal split without causal, tiles clipped).
+
+        If that still breaks a rule at the point (an FP8 recipe over a tight error budget), the valid candidate
+        that differs from it in the fewest parameters (the first such in the space's order) replaces it."""
+        config = self._clipped_default(point)
+        if profile is not None and self.violations(config, point, profile):
+            valid = self.candidates(point, profile)
+            if valid:
+                return min(valid, key=lambda c: sum(c[n] != config.get(n) for n in c))
+        return config
+
+    def _clipped_default(self, point: Any) -> dict[str, Any]:
         config = dict(self.default)
         if "CAUSAL_SPLIT" in config and not point.causal:
             config["CAUSAL_SPLIT"] = False

@@ -113,13 +113,26 @@ def register_budget(config, point, profile):
     return None
 
 
+def _is_fp8(point) -> bool:
+    return str(point.dtype).startswith("fp8")  # "fp8" or "fp8-tol<budget>" (cache._types parses the budget)
+
+
+def _operand_bytes(config, point) -> tuple[int, int]:
+    """Bytes per element of the (Q, K) and V tiles: the dtype's, or for FP8 1 byte where the recipe quantizes
+    the operand (FP8_QK, FP8_PV; absent means true) and 2 where it keeps it in 16 bits."""
+    if _is_fp8(point):
+        return (1 if config.get("FP8_QK", True) else 2), (1 if config.get("FP8_PV", True) else 2)
+    elt = _ELEMENT_BYTES.get(point.dtype, 2)
+    return elt, elt
+
+
 def shared_bytes(config, point) -> int:
     """Estimated shared memory per program: the Q tile and num_stages buffers of K and V tiles (exactly what
     the compiler allocated for pointer loads on the calibration grid), plus TMA_BARRIER_BYTES with TMA."""
     d = _pow2_at_least(point.head_dim)
-    elt = _ELEMENT_BYTES.get(point.dtype, 2)
+    qk, v = _operand_bytes(config, point)
     stages = max(1, config["num_stages"])
-    need = elt * (config["BLOCK_M"] * d + stages * 2 * config["BLOCK_N"] * d)
+    need = qk * (config["BLOCK_M"] * d + stages * config["BLOCK_N"] * d) + v * stages * config["BLOCK_N"] * d
     if _loads(config) != "pointer":
         need += TMA_BARRIER_BYTES
     return need
@@ -140,7 +153,7 @@ def shared_memory_budget(config, point, profile):
 def tma_needs_aligned_rows(config, point, profile):
     """A tensor descriptor needs 16-byte row strides: D x element size must be a multiple of 16 bytes (D % 8 == 0
     in fp16/bf16). Otherwise the launcher falls back to pointer loads, and timing that as TMA would mislead."""
-    elt = _ELEMENT_BYTES.get(point.dtype, 2)
+    elt = min(_operand_bytes(config, point))
     if _loads(config) != "pointer" and point.head_dim * elt % 16:
         return f"TMA needs 16-byte rows; D={point.head_dim} rows are {point.head_dim * elt} bytes"
     return None
@@ -196,4 +209,53 @@ def persistent_needs_waves(config, point, profile):
     tiles = _cdiv(point.seq_len, config["BLOCK_M"]) * point.batch * point.heads
     if tiles <= profile.sm_count:
         return f"PERSISTENT needs more tiles than SMs; {tiles} tiles on {profile.sm_count} SMs"
+    return None
+
+
+# --- FP8 recipes (kernels/quant.py; the config keys FP8_QK, FP8_PV, Q_SCALE, K_SCALE, V_SCALE, SMOOTH_K, P_SCALE)
+
+# Relative L2 error of FP8 attention with both matmuls in E4M3 on the sweep's inputs (autotune/_inputs.py), in the
+# PyTorch emulation: at least 3.6% (mostly 4% to 7%) for every Q/K scaling and smoothing of the space, at S 17
+# to 8192 and D 16 to 128 (S = 1 aside, where the logits do not matter); tests/test_fp8_sweep.py checks the
+# floor. A budget below it can only be met with Q and K in 16 bits (2.3% to 3.1% there).
+QK_FP8_ERROR_FLOOR = 0.035
+
+
+@rule
+def fp8_recipe_canonical(config, point, profile):
+    """Recipe fields that the recipe ignores (Q/K scales and SMOOTH_K without FP8_QK, V scale and P_SCALE
+    without FP8_PV) stay at their defaults: other values launch the same kernel on the same inputs."""
+    from kernels.quant import Recipe
+
+    try:
+        recipe = Recipe.from_config(config)
+    except ValueError as exc:
+        return str(exc)
+    if recipe.canonical() != recipe:
+        return f"recipe fields ignored by {recipe.label} must keep their defaults (the same kernel is tried once)"
+    return None
+
+
+@rule
+def fp8_recipe_within_budget(config, point, profile):
+    """E4M3 Q·Kᵀ and P·V together cannot meet an error budget below QK_FP8_ERROR_FLOOR (the budget is in the
+    point's dtype, "fp8-tol<budget>"): such recipes would only fail the gate."""
+    if not _is_fp8(point) or not config.get("FP8_QK", True) or not config.get("FP8_PV", True):
+        return None
+    from cache import fp8_tol
+
+    tol = fp8_tol(point.dtype)
+    if tol is not None and tol < QK_FP8_ERROR_FLOOR:
+        return (f"E4M3 Q·Kᵀ and P·V cost at least {QK_FP8_ERROR_FLOOR:g} relative L2 error, over the budget "
+                f"{tol:g}")
+    return None
+
+
+@rule
+def fp8_pv16_needs_qk16(config, point, profile):
+    """A 16-bit P·V only pays when Q·Kᵀ is 16-bit too: behind an E4M3 Q·Kᵀ most of the error is Q's and K's (on
+    the sweep's inputs at S 1024, D 64: 6.8% with a 16-bit P·V against 7.3% with both in E4M3), and the 16-bit
+    P·V costs time."""
+    if _is_fp8(point) and config.get("FP8_QK", True) and config.get("FP8_PV", True) is False:
+        return "FP8_PV=false needs FP8_QK=false (behind an E4M3 Q·Kᵀ it costs time and saves no error)"
     return None

@@ -69,6 +69,25 @@ def test_pool_reports_compile_errors_and_survives_a_crash(log):
         assert pool.wait(A, cfg(BLOCK_M=16), 60).status == "ok"  # a fresh pool goes on
 
 
+def test_a_precompiler_bug_leaves_the_config_to_the_timing_worker(log):
+    with CompilePool(FAKE, 1) as pool:
+        assert pool.wait(A, cfg(num_stages=7), 60) is None
+        assert "ZeroDivisionError: planted bug" in pool.stats.extra["last_error"]
+        assert pool.stats.restarts == 0 and pool.wait(A, cfg(), 60).status == "ok"
+
+
+def test_fp8_compile_key_runs_the_launcher_quantization_on_meta_tensors():
+    from kernels._precompile import compile_key_attention_fp8
+    from search_spaces import load_space
+
+    config = {name: values[0] for name, values in load_space("attention_fp8").params}
+    def key(shape):
+        return compile_key_attention_fp8(shape, torch.float16, True, config)
+
+    assert key((1, 3, 77, 64)) == key((2, 3, 50, 64)) != key((2, 3, 64, 64))
+    assert get_family("attention_fp8").precompiler is not None
+
+
 def test_pool_needs_a_precompiler_and_a_worker():
     with pytest.raises(ValueError, match="no precompiler"):
         CompilePool(dataclasses.replace(FAKE, precompiler=None), 2)

@@ -40,7 +40,9 @@ def test_every_h100_grid_point_has_candidates_and_a_valid_default(grid):
 def test_rules_are_named_and_listed():
     space = load_space("attention_fwd")
     assert set(space.rule_names) <= set(RULES)
-    assert set(space.rule_names) == set(RULES)  # every rule written is applied
+    fp8 = load_space("attention_fp8")
+    assert set(space.rule_names) | set(fp8.rule_names) == set(RULES)  # every rule written is applied
+    assert {name for name in RULES if name.startswith("fp8_")} <= set(fp8.rule_names) - set(space.rule_names)
     assert "shared_memory_budget" in space.rule_names
 
 
