@@ -91,7 +91,7 @@ def test_recorded_arguments_are_tritons_own_binding():
     q, k, v = make_inputs(Point(2, 3, 77, 64, True), "cuda")
     out = fl.FastLauncher(CONFIG, True)(q, k, v)
     (entry,) = fl._CACHE.values()
-    run, function, packed, grid0, grid1, tail = entry
+    run, function, packed, grid0, grid1, tail, _last_use = entry
     grid, args, kwargs = _kernel_args(q, k, v, out, CONFIG, True, None)
     device = torch.cuda.current_device()
     binder = attn_fwd.device_caches[device][4]
