@@ -24,16 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def timed_sweep(grid: str, db: Path, log: Path, *, workers: int, trials: int | None, rep_ms: int,
-                timeout_s: float) -> tuple[float | None, list[str]]:
-    """Run `autotune sweep --gpu h100 --grid GRID` with a fresh cache and Triton cache; (wall s or None, argv)."""
+def timed_sweep(grid: str, db: Path, log: Path, *, workers: int | None, trials: int | None, rep_ms: int,
+                timeout_s: float, gpu: str = "h100", extra: tuple[str, ...] = ()) -> tuple[float | None, list[str]]:
+    """Run `autotune sweep --gpu GPU --grid GRID` with a fresh cache and Triton cache; (wall s or None, argv).
+    ``workers`` None: the sweep's default number of compile processes."""
     for stale in db.parent.glob(db.name + "*"):
         if stale.is_dir():
             shutil.rmtree(stale)
         else:
             stale.unlink()
-    argv = [sys.executable, "-m", "autotune", "sweep", "--gpu", "h100", "--grid", grid, "--db", str(db),
-            "--rep-ms", str(rep_ms), "--compile-workers", str(workers)] + (["--trials", str(trials)] if trials else [])
+    argv = [sys.executable, "-m", "autotune", "sweep", "--gpu", gpu, "--grid", grid, "--db", str(db),
+            "--rep-ms", str(rep_ms)] + (["--compile-workers", str(workers)] if workers is not None else []) \
+        + (["--trials", str(trials)] if trials else []) + list(extra)
     triton_cache = Path(tempfile.mkdtemp(prefix=f"triton-{grid}-{workers}-"))
     env = {**os.environ, "TRITON_CACHE_DIR": str(triton_cache)}
     t0 = time.perf_counter()
