@@ -61,3 +61,29 @@ def test_import_then_export_round_trips_exactly(table, tmp_path):
     assert runner.invoke(app, ["export", "--db", str(tmp_path / "team.db"), "-o", str(out)]).exit_code == 0
     key = lambda e: (e["causal"], e["head_dim"], e["seq_len"], e["batch"], e["heads"])  # noqa: E731
     assert sorted(json.loads(out.read_text())["entries"], key=key) == sorted(table["entries"], key=key)
+
+
+@pytest.fixture(scope="module")
+def fp8_table():
+    return json.loads(resources.files("cache").joinpath("tables", "h100-fp8.json").read_text())
+
+
+def test_shipped_fp8_table_is_current_and_holds_both_budgets(fp8_table):
+    entries = parse_table(fp8_table)
+    assert {e.key.kernel for e in entries} == {"attention_fp8"}
+    assert {e.key.kernel_hash for e in entries} == {get_family("attention_fp8").source_hash}, \
+        "cache/tables/h100-fp8.json is stale"
+    assert {e.key.dtype for e in entries} == {"fp8", "fp8-tol0.03"}
+
+
+def test_shipped_fp8_winner_is_served_for_its_budget_only(fp8_table, monkeypatch, tmp_path):
+    prov = fp8_table["provenance"]
+    monkeypatch.setattr(_dispatch, "versions", lambda: (prov["triton"], prov["torch"]))
+    tight = next(e for e in fp8_table["entries"] if e["dtype"] == "fp8-tol0.03")
+    shape = (tight["batch"], tight["heads"], tight["seq_len"], tight["head_dim"])
+    got = get_kernel(shape, dtype="fp8-tol0.03", kernel="attention_fp8", causal=tight["causal"], gpu="h100",
+                     db=tmp_path / "user.db")
+    assert got.source == "shipped" and got.config == tight["config"]
+    loose = get_kernel(shape, dtype="fp8", kernel="attention_fp8", causal=tight["causal"], gpu="h100",
+                       db=tmp_path / "user.db")
+    assert loose.source == "shipped" and loose.config != tight["config"]  # the 0.1 winner, not the 0.03 one
