@@ -64,26 +64,29 @@ def bench_point(point: Point, *, profile: GpuProfile, db: str | Path | None = No
     q, k, v = make_inputs(point, device, seed)
     ref = attention_reference(q, k, v, causal=point.causal)
 
-    launch = get_family(kernel).launch()
+    bench_tuned_and_sdpa(row, errors, point, q, k, v, ref, get_family(kernel).launch(), tuned.config,
+                         cuda=cuda, rep_ms=rep_ms)
+    row["errors"] = errors
+    row.update(_ratios(row))
+    return row
+
+
+def bench_tuned_and_sdpa(row: Row, errors: dict[str, str], point: Point, q: torch.Tensor, k: torch.Tensor,
+                         v: torch.Tensor, ref: torch.Tensor, launch: Callable, config: dict[str, Any], *,
+                         cuda: bool, rep_ms: int) -> None:
+    """Time and gate the tuned 16-bit kernel (``launch`` with ``config``) and each SDPA backend at ``point`` into
+    ``row``; what could not run goes into ``errors``."""
     out = torch.full_like(q, float("nan"))  # poisoned: a tile the kernel never writes stays NaN
-
-    def run_tuned() -> torch.Tensor:
-        return launch(q, k, v, tuned.config, causal=point.causal, out=out)
-
     try:
-        _record(row, errors, "tuned", point, ref, run_tuned, cuda=cuda, rep_ms=rep_ms, gate=True)
+        _record(row, errors, "tuned", point, ref, lambda: launch(q, k, v, config, causal=point.causal, out=out),
+                cuda=cuda, rep_ms=rep_ms, gate=True)
     except KernelError as exc:
         errors["tuned"] = f"{exc.kind}: {exc}"
-
     for name in SDPA_BACKENDS:
         if not cuda:
             errors[name] = NOT_ON_CPU
             continue
         _bench_sdpa(row, errors, name, point, q, k, v, ref, rep_ms)
-
-    row["errors"] = errors
-    row.update(_ratios(row))
-    return row
 
 
 def run_bench(points: Iterable[Point], profile: GpuProfile, db: str | Path | None = None, rep_ms: int = 100,

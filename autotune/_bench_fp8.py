@@ -30,8 +30,7 @@ import torch
 from kernels import KernelError
 from kernels.reference import attention_reference
 
-from ._bench import (CPU_TIMING, CUDA_TIMING, FIGURES, NOT_ON_CPU, SDPA_BACKENDS, _bench_sdpa, _positive, _record,
-                     geomean)
+from ._bench import (CPU_TIMING, CUDA_TIMING, FIGURES, SDPA_BACKENDS, _positive, bench_tuned_and_sdpa, geomean)
 from ._dispatch import get_kernel
 from ._grids import Point
 from ._inputs import make_inputs
@@ -142,18 +141,8 @@ def bench_fp8_point(point: Point, *, profile: GpuProfile, db: str | Path | None 
         errors["fp8"] = errors["fp8_e2e"] = f"{exc.kind}: {exc}"
     from kernels import get_family
 
-    launch = get_family("attention_fwd").launch()
-    out = torch.full_like(q, float("nan"))
-    try:
-        _record(row, errors, "tuned", fp16, ref, lambda: launch(q, k, v, tuned.config, causal=point.causal, out=out),
-                cuda=cuda, rep_ms=rep_ms, gate=True)
-    except KernelError as exc:
-        errors["tuned"] = f"{exc.kind}: {exc}"
-    for name in SDPA_BACKENDS:
-        if not cuda:
-            errors[name] = NOT_ON_CPU
-            continue
-        _bench_sdpa(row, errors, name, fp16, q, k, v, ref, rep_ms)
+    bench_tuned_and_sdpa(row, errors, fp16, q, k, v, ref, get_family("attention_fwd").launch(), tuned.config,
+                         cuda=cuda, rep_ms=rep_ms)
     row["errors"] = errors
     row.update(ratios(row))
     return row

@@ -36,17 +36,8 @@ def run_bench_cli(*, gpu: str, grid: str, db: Path | None, dtype: str, out: Path
     console = make_console(stderr=True)
     console.print(f"bench: profile [bold]{profile.name}[/], grid {grid}, {len(points)} points, {dtype}, "
                   f"rep {rep_ms} ms, cache {path}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        task = progress.add_task(points[0].label if points else "points", total=len(points))
-        done = [0]
-
-        def on_point(point, row) -> None:
-            done[0] += 1
-            nxt = points[done[0]].label if done[0] < len(points) else "done"
-            progress.update(task, advance=1, description=nxt)
-
-        result = run_bench(points, profile, db=path, rep_ms=rep_ms, seed=seed, on_point=on_point, grid=grid)
+    result = with_progress(console, points, lambda on_point: run_bench(
+        points, profile, db=path, rep_ms=rep_ms, seed=seed, on_point=on_point, grid=grid))
 
     make_console().print(bench_table(result))
     for line in summary_lines(result):
@@ -115,6 +106,21 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def with_progress(console, points: list, run: Callable[[Callable], dict[str, Any]]) -> dict[str, Any]:
+    """``run(on_point)`` under a progress bar that names the point being benched."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task(points[0].label if points else "points", total=len(points))
+        done = [0]
+
+        def on_point(point, row) -> None:
+            done[0] += 1
+            nxt = points[done[0]].label if done[0] < len(points) else "done"
+            progress.update(task, advance=1, description=nxt)
+
+        return run(on_point)
 
 
 def write_results(console, result: dict[str, Any], out: Path | None, plot: Path | None,

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ._backend import select_backend
-from ._cli_bench import _escape, _num, _tf, write_results
+from ._cli_bench import _escape, _num, _tf, with_progress, write_results
 from ._console import console as make_console
 from ._grids import get_grid
 from ._paths import resolve_db
@@ -34,18 +33,8 @@ def run_bench_fp8_cli(*, gpu: str, grid: str, db: Path | None, fp16_db: Path | N
 
     console.print(f"bench: profile [bold]{profile.name}[/], grid {grid}, {len(points)} points, {dtype} (FP8 error "
                   f"budget {fp8_tol(dtype):g}), rep {rep_ms} ms, FP8 cache {path}, fp16 cache {fp16_path}")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        task = progress.add_task(points[0].label if points else "points", total=len(points))
-        done = [0]
-
-        def on_point(point, row) -> None:
-            done[0] += 1
-            nxt = points[done[0]].label if done[0] < len(points) else "done"
-            progress.update(task, advance=1, description=nxt)
-
-        result = run_bench_fp8(points, profile, db=path, fp16_db=fp16_path, rep_ms=rep_ms, seed=seed,
-                               on_point=on_point, grid=grid)
+    result = with_progress(console, points, lambda on_point: run_bench_fp8(
+        points, profile, db=path, fp16_db=fp16_path, rep_ms=rep_ms, seed=seed, on_point=on_point, grid=grid))
 
     make_console().print(fp8_table(result))
     for line in fp8_summary_lines(result):
