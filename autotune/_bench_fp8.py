@@ -4,7 +4,8 @@ Library part only (no typer, no printing), in the JSON form of ``autotune._bench
 "summary"}``). Per point, on the fp16 point's seeded inputs (those of the sweep and of the fp16 bench):
 
 - ``fp8``: the FP8 kernel alone on inputs quantized beforehand with its recipe (what the sweep times);
-- ``fp8_e2e``: quantization plus kernel from the 16-bit inputs (what ``get_kernel`` serves);
+- ``fp8_e2e``: quantization (the Triton quantizer, kernels/quant_launch.py) plus kernel from the 16-bit inputs
+  (what ``get_kernel`` serves);
 - ``tuned``: the tuned fp16 kernel served by ``get_kernel`` from the fp16 cache (``fp16_db``);
 - ``flash``, ``cudnn``, ``efficient``: SDPA with one backend forced (refused on the CPU).
 
@@ -66,8 +67,9 @@ def fp8_figures(point: Point, config: dict[str, Any], q: torch.Tensor, k: torch.
     """The ``fp8`` and ``fp8_e2e`` figures of ``config`` on these inputs, its recipe and FP8 gate figures, and
     (``outliers``) its error with outliers planted; (figures, errors). KernelError propagates (a refusal)."""
     from kernels.fp8_reference import emulate_quantized
-    from kernels.launch_fp8 import attention_fp8, attention_fp8_quantized, check_config, recipe_of
+    from kernels.launch_fp8 import attention_fp8_quantized, check_config, recipe_of
     from kernels.quant import quantize
+    from kernels.quant_launch import attention_fp8_fused
 
     from ._fp8_gate import cosine, rel_l2, report_fp8
 
@@ -90,14 +92,14 @@ def fp8_figures(point: Point, config: dict[str, Any], q: torch.Tensor, k: torch.
     _time(row, "fp8", point, lambda: attention_fp8_quantized(qi, config, causal=causal, out=out), cuda, rep_ms)
     row["fp8_rel_err"] = report.gate.rel_err
     out_e2e = torch.full_like(q, float("nan"))
-    e2e = lambda: attention_fp8(q, k, v, config, causal=causal, out=out_e2e)  # noqa: E731
+    e2e = lambda: attention_fp8_fused(q, k, v, config, causal=causal, out=out_e2e)  # noqa: E731
     e2e()
     row["fp8_e2e_rel_err"] = _finite(rel_l2(out_e2e, ref))
     _time(row, "fp8_e2e", point, e2e, cuda, rep_ms)
     del qi, out, out_e2e
     if outliers:
         qo, ko, vo = with_outliers(q, k, v, seed)
-        out_o = attention_fp8(qo, ko, vo, config, causal=causal)
+        out_o = attention_fp8_fused(qo, ko, vo, config, causal=causal)
         ref_o = attention_reference(qo, ko, vo, causal=causal)
         row.update(fp8_outlier_rel_err=_finite(rel_l2(out_o, ref_o)), fp8_outlier_cosine=_finite(cosine(out_o, ref_o)))
     return row, errors
