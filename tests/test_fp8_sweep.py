@@ -269,7 +269,9 @@ def test_gpu_bench_fp8_point(tmp_path):
     profile = resolve_profile("auto")
     select_backend(profile)
     row = bench_fp8_point(Point(2, 8, 2048, 128, False, "fp8"), profile=profile, db=tmp_path / "c.db", rep_ms=10)
-    assert row["source"] == "default" and row["recipe"] and "fp8" not in row["errors"], row["errors"]
+    # nothing tuned in c.db: the space's default, or the nearest point of the shipped H100 FP8 table
+    assert row["source"] in ("default", "nearest") and row["recipe"] and "fp8" not in row["errors"], row
+
     assert row["fp8_us"] > 0 and row["fp8_e2e_us"] >= row["fp8_us"] * 0.9 and row["fp8_rel_err"] <= 0.1
     assert math.isfinite(row["fp8_outlier_rel_err"]) and row["tuned_rel_err"] <= 2e-3
     assert row["tuned_over_fp8"] == pytest.approx(row["tuned_us"] / row["fp8_us"])
