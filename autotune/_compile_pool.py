@@ -79,7 +79,7 @@ class CompilePool:
             raise ValueError("a compile pool needs at least one worker")
         self.spec = family.precompiler
         self.workers = workers
-        self._keyfn = getattr(family.precompile_fn(), "key", None)  # one job per compiled kernel, not per point
+        self._keyfn = family.compile_key_fn()  # one job per compiled kernel, not per point
         self.stats = PoolStats()
         self._jobs: dict[tuple, Future] = {}
         self._backlog: deque[tuple[tuple, Point, dict[str, Any]]] = deque()
@@ -123,6 +123,16 @@ class CompilePool:
             return None
         finally:
             self.stats.waited_s += time.monotonic() - t0
+
+    def rejection(self, point: Point, config: dict[str, Any], timeout_s: float) -> Any:
+        """A trial outcome for ``config`` if the compiler rejected it (recorded without a GPU run), else None:
+        the config is compiled (or the pool could not say) and goes to the timing worker."""
+        from ._trial import TrialOutcome
+
+        compiled = self.wait(point, config, timeout_s)
+        if compiled is None or compiled.status not in TRUSTED:
+            return None
+        return TrialOutcome(compiled.status, compiled.reason, extra={"compiled_by": "pool"})
 
     def close(self) -> None:
         """Stop the compile processes (jobs still queued are dropped). Closing twice is fine."""

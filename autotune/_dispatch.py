@@ -57,22 +57,10 @@ class TunedKernel:
         return launch(q, k, v, sm_scale)
 
     def _launcher(self):
-        """``(q, k, v, sm_scale) -> out``: for attention_fwd the fast launcher (kernels/_fastlaunch.py: same
-        result as the family's launcher, with a fraction of its host time); for attention_fp8 the same FP8 kernel
-        on inputs quantized by Triton kernels (kernels/quant_launch.py: the same bytes as the family's PyTorch
-        quantization, in two passes); else the family's launcher."""
-        family = get_family(self.kernel)
-        launch = family.launch()
-        if family.launcher == "kernels.launch:attention_fwd":
-            from kernels._fastlaunch import FastLauncher
-
-            return FastLauncher(self.config, self.causal)
-        if family.launcher == "kernels.launch_fp8:attention_fp8":  # same kernel, quantized by Triton kernels
-            from kernels.quant_launch import attention_fp8_fused
-
-            return lambda q, k, v, sm_scale: attention_fp8_fused(q, k, v, self.config, causal=self.causal,
-                                                                 sm_scale=sm_scale)
-        return lambda q, k, v, sm_scale: launch(q, k, v, self.config, causal=self.causal, sm_scale=sm_scale)
+        """``(q, k, v, sm_scale) -> out``: what the family serves (``KernelFamily.serving_fn``: for attention_fwd
+        the fast launcher, for attention_fp8 the Triton quantizer before the same FP8 kernel), bound to the
+        config."""
+        return get_family(self.kernel).serving_fn(self.config, self.causal)
 
     def __repr__(self) -> str:
         return f"TunedKernel(source={self.source!r}, config={self.config!r})"

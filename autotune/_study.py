@@ -276,8 +276,7 @@ def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: st
     ``compile_workers`` processes compile the configs ahead of timing, as in a sweep; ``on_config(point, config,
     outcome)`` follows each timed config.
     """
-    from ._compile_pool import TRUSTED, CompilePool, default_workers
-    from ._trial import TrialOutcome
+    from ._compile_pool import CompilePool, default_workers
     from kernels import get_family
     from search_spaces import load_space
 
@@ -310,11 +309,8 @@ def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: st
                     pool.ahead(point, space.candidates(point, profile))
 
                 def run(config: dict[str, Any], point: Any = point) -> Any:
-                    compiled = pool.wait(point, config, worker.timeout_s) if pool else None
-                    if compiled is not None and compiled.status in TRUSTED:
-                        outcome = TrialOutcome(compiled.status, compiled.reason, extra={"compiled_by": "pool"})
-                    else:
-                        outcome = worker.run(config)
+                    rejected = pool.rejection(point, config, worker.timeout_s) if pool else None
+                    outcome = rejected if rejected is not None else worker.run(config)
                     if on_config:
                         on_config(point, config, outcome)
                     return outcome

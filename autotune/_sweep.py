@@ -32,7 +32,7 @@ from cache import CacheKey, CacheStore, Entry, TrialRecord
 from kernels import KernelFamily, get_family
 from search_spaces import load_space
 
-from ._compile_pool import TRUSTED, CompilePool, default_workers
+from ._compile_pool import CompilePool, default_workers
 from ._grids import Point
 from ._profiles import GpuProfile, device_identity
 from ._study import Patience, Proposer, config_id, tell, warm_starts
@@ -153,10 +153,10 @@ def tune_point(point: Point, *, profile: GpuProfile, store: CacheStore, trials: 
                 break
             trial, config = step
             t1 = time.perf_counter()
-            compiled = None if pool is None else pool.wait(point, config, worker.timeout_s if worker else 120.0)
+            rejected = None if pool is None else pool.rejection(point, config, worker.timeout_s if worker else 120.0)
             t2 = time.perf_counter()
-            if compiled is not None and compiled.status in TRUSTED:
-                outcome = TrialOutcome(compiled.status, compiled.reason, extra={"compiled_by": "pool"})
+            if rejected is not None:
+                outcome = rejected
             elif worker is not None:
                 outcome = worker.bind(point).run(config)
             else:

@@ -27,9 +27,11 @@ from sweep_times import timed_sweep  # noqa: E402
 def winners(db: Path) -> dict[str, dict]:
     from cache import CacheStore
 
+    def label(k) -> str:
+        return f"B{k.batch}-H{k.heads}-S{k.seq_len}-D{k.head_dim}-{'causal' if k.causal else 'full'}"
+
     with CacheStore.open(db) as store:
-        return {f"B{e.key.batch}-H{e.key.heads}-S{e.key.seq_len}-D{e.key.head_dim}-{'causal' if e.key.causal else 'full'}":
-                {"config": e.config, "median_us": e.median_us} for e in store.winners()}
+        return {label(e.key): {"config": e.config, "median_us": e.median_us} for e in store.winners()}
 
 
 def main() -> None:
@@ -52,14 +54,8 @@ def main() -> None:
     one_db, two_db = scratch / "one.db", scratch / "devices.db"
     n = len(args.devices.split(","))
     env_one = {"CUDA_VISIBLE_DEVICES": args.devices.split(",")[0]}
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ.update(env_one)
     one_s, one_argv = timed_sweep(args.grid, one_db, args.logs / "sweep-one-gpu.log", workers=None, trials=None,
-                                  rep_ms=args.rep_ms, timeout_s=args.timeout, gpu=args.gpu)
-    if saved is None:
-        os.environ.pop("CUDA_VISIBLE_DEVICES")
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = saved
+                                  rep_ms=args.rep_ms, timeout_s=args.timeout, gpu=args.gpu, env=env_one)
     print(f"one GPU: {one_s} s", flush=True)
     two_s, two_argv = timed_sweep(args.grid, two_db, args.logs / "sweep-devices.log", workers=None, trials=None,
                                   rep_ms=args.rep_ms, timeout_s=args.timeout, gpu=args.gpu,

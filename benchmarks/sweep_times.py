@@ -25,9 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def timed_sweep(grid: str, db: Path, log: Path, *, workers: int | None, trials: int | None, rep_ms: int,
-                timeout_s: float, gpu: str = "h100", extra: tuple[str, ...] = ()) -> tuple[float | None, list[str]]:
+                timeout_s: float, gpu: str = "h100", extra: tuple[str, ...] = (),
+                env: dict[str, str] | None = None) -> tuple[float | None, list[str]]:
     """Run `autotune sweep --gpu GPU --grid GRID` with a fresh cache and Triton cache; (wall s or None, argv).
-    ``workers`` None: the sweep's default number of compile processes."""
+    ``workers`` None: the sweep's default number of compile processes; ``env``: extra environment variables."""
     for stale in db.parent.glob(db.name + "*"):
         if stale.is_dir():
             shutil.rmtree(stale)
@@ -37,7 +38,7 @@ def timed_sweep(grid: str, db: Path, log: Path, *, workers: int | None, trials: 
             "--rep-ms", str(rep_ms)] + (["--compile-workers", str(workers)] if workers is not None else []) \
         + (["--trials", str(trials)] if trials else []) + list(extra)
     triton_cache = Path(tempfile.mkdtemp(prefix=f"triton-{grid}-{workers}-"))
-    env = {**os.environ, "TRITON_CACHE_DIR": str(triton_cache)}
+    env = {**os.environ, **(env or {}), "TRITON_CACHE_DIR": str(triton_cache)}
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         try:

@@ -32,6 +32,12 @@ class KernelFamily:
     # "module:function" that compiles a config without inputs (kernels/_precompile.py), for compiling ahead of
     # timing in other processes; None: the family's configs compile when first launched.
     precompiler: str | None = None
+    # "module:function" (shape, torch_dtype, causal, config) -> what the compiled kernel depends on (Triton's
+    # specialization), so that one compile serves every point with that key; None: one compile job per point.
+    compile_key: str | None = None
+    # "module:factory" of what get_kernel serves: factory(config, causal) returns (q, k, v, sm_scale) -> out with
+    # the launcher's results, faster (kernels/_fastlaunch.py, kernels/quant_launch.py); None: the launcher itself.
+    server: str | None = None
 
     @property
     def source_hash(self) -> str:
@@ -44,12 +50,20 @@ class KernelFamily:
     def reference_fn(self) -> Callable:
         return _resolve(self.reference)
 
-    def precompile_fn(self) -> Callable | None:
-        """``precompile(shape, torch_dtype, causal, config) -> bool`` (False: nothing to compile), or None."""
-        if self.precompiler is None:
+    def serving_fn(self, config: dict, causal: bool) -> Callable:
+        """``(q, k, v, sm_scale) -> out`` for ``config``: the family's server, else its launcher."""
+        if self.server is None:
+            launch = self.launch()
+            return lambda q, k, v, sm_scale=None: launch(q, k, v, config, causal=causal, sm_scale=sm_scale)
+        ensure_backend()
+        return _resolve(self.server)(config, causal)
+
+    def compile_key_fn(self) -> Callable | None:
+        """``compile_key(shape, torch_dtype, causal, config) -> tuple``, or None."""
+        if self.compile_key is None:
             return None
         ensure_backend()
-        return _resolve(self.precompiler)
+        return _resolve(self.compile_key)
 
 
 FAMILIES: dict[str, KernelFamily] = {
@@ -61,6 +75,8 @@ FAMILIES: dict[str, KernelFamily] = {
         sources=("attention_fwd.py", "launch.py"),
         dtypes=("float16", "bfloat16"),
         precompiler="kernels._precompile:precompile_attention_fwd",
+        compile_key="kernels._precompile:compile_key_attention_fwd",
+        server="kernels._fastlaunch:FastLauncher",
     ),
     # FP8 E4M3 (kernels/quant.py recipes; the launcher takes 16-bit q, k, v and quantizes them per the config).
     # Its trials need the FP8 gate (autotune/_fp8_gate.py), not the fp16 one.
@@ -72,6 +88,8 @@ FAMILIES: dict[str, KernelFamily] = {
         sources=("attention_fp8.py", "launch_fp8.py", "quant.py", "_config.py", "launch.py"),
         dtypes=("fp8",),
         precompiler="kernels._precompile:precompile_attention_fp8",
+        compile_key="kernels._precompile:compile_key_attention_fp8",
+        server="kernels.quant_launch:fused_launcher",
     ),
 }
 

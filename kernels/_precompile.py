@@ -7,8 +7,8 @@ compiled kernel lands in Triton's on-disk cache, where the launch in the timing 
 loaded onto the GPU, so the shared-memory check (at load) is still the timing process's to make.
 
 Returns True when something was compiled, False under the interpreter (which compiles nothing); raises the
-launcher's typed ``KernelError`` for a config that does not compile. A precompiler may carry ``.key(shape,
-dtype, causal, config)``: what the compiled kernel depends on, so that a pool compiles it once for all points.
+launcher's typed ``KernelError`` for a config that does not compile. The ``compile_key_*`` functions (a
+family's ``compile_key``) say what the compiled kernel depends on, so that a pool compiles it once for all points.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ def _arg_class(arg: Any) -> Any:
     return ("desc", str(getattr(base, "dtype", None)), tuple(getattr(arg, "block_shape", ())))
 
 
-precompile_attention_fwd.key = compile_key_attention_fwd  # type: ignore[attr-defined]
-
 
 def _fp8_args(shape: Sequence[int], dtype: torch.dtype, causal: bool, config: Mapping[str, Any]):
     """(grid, args, kwargs) of the FP8 kernel for ``config`` on meta inputs, quantized as its launcher does."""
@@ -99,5 +97,3 @@ def compile_key_attention_fp8(shape: Sequence[int], dtype: torch.dtype, causal: 
     _, args, kwargs = _fp8_args(shape, dtype, causal, config)
     return tuple(_arg_class(a) for a in args) + tuple(sorted(kwargs.items()))
 
-
-precompile_attention_fp8.key = compile_key_attention_fp8  # type: ignore[attr-defined]

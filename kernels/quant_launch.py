@@ -59,6 +59,14 @@ def attention_fp8_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, confi
     return attention_fp8_quantized(qi, config, causal=causal, sm_scale=sm_scale, out=out)
 
 
+def fused_launcher(config: Mapping[str, Any], causal: bool):
+    """``(q, k, v, sm_scale) -> out``: :func:`attention_fp8_fused` with ``config`` (what get_kernel serves)."""
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None) -> torch.Tensor:
+        return attention_fp8_fused(q, k, v, config, causal=causal, sm_scale=sm_scale)
+
+    return run
+
+
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 

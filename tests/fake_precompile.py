@@ -1,6 +1,7 @@
 """A planted precompiler for compile-pool tests: logs every compile to $FAKE_PRECOMPILE_LOG, rejects
-BLOCK_N == 16 like a compiler error, raises a plain bug on num_stages == 7, and kills its process on BLOCK_M == 64 with BLOCK_N == 64 (a compiler
-crash). Its key makes two points of one head dim and mask share every compiled kernel."""
+BLOCK_N == 16 like a compiler error, raises a plain bug on num_stages == 7, and kills its process on
+BLOCK_M == 64 with BLOCK_N == 64 (a compiler crash). Its compile key (``key``) makes two points of one head dim
+and mask share every compiled kernel."""
 
 import json
 import os
@@ -25,5 +26,3 @@ def precompile(shape, dtype, causal, config):
 def key(shape, dtype, causal, config):
     return (shape[-1], str(dtype), bool(causal), tuple(sorted(config.items())))
 
-
-precompile.key = key

@@ -19,7 +19,8 @@ from kernels import get_family
 from kernels._precompile import compile_key_attention_fwd, precompile_attention_fwd
 
 CPU = PROFILES["cpu"]
-FAKE = dataclasses.replace(get_family("attention_fwd"), precompiler="fake_precompile:precompile")
+FAKE = dataclasses.replace(get_family("attention_fwd"), precompiler="fake_precompile:precompile",
+                           compile_key="fake_precompile:key")
 A, B = Point(1, 3, 77, 64, True), Point(2, 3, 50, 64, True)  # one head dim and mask: one compiled kernel each
 CFG = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1, "CAUSAL_SPLIT": True, "LOADS": "pointer",
        "WARP_SPECIALIZE": False, "HEADS_FIRST": False, "REVERSE": False, "PERSISTENT": False}

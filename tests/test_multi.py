@@ -10,9 +10,7 @@ import os
 import pwd
 import shutil
 import socket
-import sqlite3
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,26 +22,15 @@ from autotune._errors import AutotuneError
 from autotune._sweep import make_storage
 from autotune.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+import _procs
+from _procs import ROOT, child_env, rows
+
 SMOKE_POINTS = 3
 runner = CliRunner()
 
 
 def sweep_cmd(db: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "autotune", "sweep", "--gpu", "cpu", "--grid", "smoke", "--trials", "2",
-            "--db", str(db), *extra]
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+    return _procs.sweep_cmd(db, "--trials", "2", *extra)
 
 
 # -- --devices -------------------------------------------------------------------------------------------------

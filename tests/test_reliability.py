@@ -34,7 +34,8 @@ from kernels import KernelFamily, get_family
 from kernels._family import FAULTY_FAMILY
 from search_spaces import load_space
 
-ROOT = Path(__file__).resolve().parents[1]
+from _procs import ROOT, child_env, rows, sweep_cmd
+
 CPU = PROFILES["cpu"]
 SMOKE_POINTS = 3
 SPACE = load_space("attention_fwd", "cpu")
@@ -71,24 +72,6 @@ UNWRITTEN = _family("attention_fwd_unwritten", "unwritten_launch")
 
 def cli(*args, env=None):
     return runner.invoke(app, [str(a) for a in args], env=env)
-
-
-def sweep_cmd(db: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "autotune", "sweep", "--gpu", "cpu", "--grid", "smoke", "--db", str(db), *extra]
-
-
-def child_env() -> dict[str, str]:
-    return {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:  # not created yet
-        return []
-    finally:
-        conn.close()
 
 
 # -- trial isolation -------------------------------------------------------------------------------------------
