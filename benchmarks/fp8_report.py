@@ -32,24 +32,24 @@ def _f(x, fmt=".1f"):
 def measure_recipes(db: str, fp16_db: str | None, shape: tuple[int, ...], causal: bool, gpu: str, rep_ms: int,
                     seed: int = 0) -> dict:
     """The per-recipe figures at one point (see the module docstring), as a JSON-ready dict."""
-    from autotune import Point, resolve_profile
-    from autotune._backend import select_backend
+    from flashcore.autotune import Point, resolve_profile
+    from flashcore.autotune.cli.backend import select_backend
 
     profile = resolve_profile(gpu)
     select_backend(profile)
     import torch
 
-    from autotune._bench_fp8 import OUTLIER_FACTOR, OUTLIERS, fp8_figures, with_outliers
-    from autotune._dispatch import get_kernel
-    from autotune._fp8_gate import cosine, rel_l2
-    from autotune._profiles import device_identity
-    from autotune._timing import measure
-    from autotune._toolchain import provenance
-    from cache import CacheStore
-    from kernels import KernelError, get_family
-    from kernels.quant import Recipe
-    from kernels.reference import attention_reference
-    from search_spaces import load_space
+    from flashcore.autotune.evaluation.bench_fp8 import OUTLIER_FACTOR, OUTLIERS, fp8_figures, with_outliers
+    from flashcore.autotune.runtime.dispatch import get_kernel
+    from flashcore.autotune.tuning.fp8_gate import cosine, rel_l2
+    from flashcore.autotune.core.profiles import device_identity
+    from flashcore.autotune.tuning.timing import measure
+    from flashcore.autotune.core.toolchain import provenance
+    from flashcore.cache import CacheStore
+    from flashcore.kernels import KernelError, get_family
+    from flashcore.kernels.attention_fp8.quant import Recipe
+    from flashcore.kernels.reference import attention_reference
+    from flashcore.search_spaces import load_space
 
     gpu_name, cc = device_identity(profile)
     point = Point(*shape, causal, "fp8-tol1")  # the loosest budget: every recipe of the space is valid
@@ -90,7 +90,7 @@ def measure_recipes(db: str, fp16_db: str | None, shape: tuple[int, ...], causal
 
 def _passing_trials(store_cls, db: str, kernel_hash: str, gpu_name: str, point) -> dict:
     """Recipe -> config of its fastest passing FP8 trial at ``point``'s shape in ``db`` (any budget)."""
-    from kernels.quant import Recipe
+    from flashcore.kernels.attention_fp8.quant import Recipe
 
     if not Path(db).exists():
         return {}
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         data = measure_recipes(args.db, args.fp16_db, tuple(int(x) for x in parts[:4]),
                                len(parts) == 5 and parts[4] == "causal", args.gpu, args.rep_ms)
         if args.out:
-            from autotune._cli_bench import _finite
+            from flashcore.autotune.cli.bench import _finite
 
             Path(args.out).write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
         print(recipes_table(data))

@@ -12,7 +12,7 @@
 set -uo pipefail
 out=$1; shift
 db=${DB:-$out/h100.db}
-at() { python3 -m autotune "$@"; }
+at() { python3 -m flashcore.autotune "$@"; }
 prov() {
   python3 - <<'PY'
 import json, torch
@@ -28,7 +28,7 @@ for stage in "$@"; do
            at export --db "$db" --format json -o "$out/sweep-small.json" ;;
     fault) { prov; FLASHCORE_FAULT_INJECTION=1 at sweep --gpu h100 --grid smoke --kernel attention_fwd_faulty \
                --trials 4 --db "$out/fault.db"; } 2>&1 | tee "$out/fault-sweep.log" | tail -12 ;;
-    default) { prov; timeout "${SWEEP_TIMEOUT:-3600}" python3 -m autotune sweep --gpu h100 --grid default --trials "${TRIALS:-20}" --rep-ms "${REP_MS:-100}" --db "$db"; } 2>&1 \
+    default) { prov; timeout "${SWEEP_TIMEOUT:-3600}" python3 -m flashcore.autotune sweep --gpu h100 --grid default --trials "${TRIALS:-20}" --rep-ms "${REP_MS:-100}" --db "$db"; } 2>&1 \
                | tee "$out/sweep-default.log" | tail -40
              at export --db "$db" --format json -o "$out/h100-float16.json" ;;
     times) { prov; python3 benchmarks/sweep_times.py --out "$out/sweep-times.json" --db "$db" --logs "$out" \

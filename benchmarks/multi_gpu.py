@@ -25,7 +25,7 @@ from sweep_times import timed_sweep  # noqa: E402
 
 
 def winners(db: Path) -> dict[str, dict]:
-    from cache import CacheStore
+    from flashcore.cache import CacheStore
 
     def label(k) -> str:
         return f"B{k.batch}-H{k.heads}-S{k.seq_len}-D{k.head_dim}-{'causal' if k.causal else 'full'}"
@@ -47,7 +47,7 @@ def main() -> None:
 
     import torch
 
-    from autotune._toolchain import provenance
+    from flashcore.autotune.core.toolchain import provenance
 
     args.logs.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="multi-gpu-"))

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import autotune  # noqa: E402
-from autotune._toolchain import provenance  # noqa: E402
-from kernels.launch import attention_fwd  # noqa: E402
+import flashcore.autotune  # noqa: E402
+from flashcore.autotune.core.toolchain import provenance  # noqa: E402
+from flashcore.kernels.attention_fwd.launch import attention_fwd  # noqa: E402
 
 
 def host_us(fn, calls: int = 2000, rounds: int = 5) -> float:

@@ -64,8 +64,8 @@ def _inputs(shape):
 
 def _compile_job(shape, variant, config):
     """Worker: compile the config at the point's shapes (filling Triton's disk cache) and report resources."""
-    from kernels import KernelError
-    from kernels.launch import compile_info
+    from flashcore.kernels import KernelError
+    from flashcore.kernels.attention_fwd.launch import compile_info
 
     try:
         q, k, v = _inputs(shape)
@@ -96,8 +96,8 @@ def _freeze(config):
 
 
 def _broken_rules(config, shape):
-    from autotune import PROFILES, Point
-    from search_spaces import load_space
+    from flashcore.autotune import PROFILES, Point
+    from flashcore.search_spaces import load_space
 
     point = Point(*shape)
     return [v.split(":")[0] for v in load_space("attention_fwd").violations(config, point, PROFILES["h100"])]
@@ -109,7 +109,7 @@ def _rules_verdict(config, shape):
 
 
 def _fmt_cfg(config):
-    from autotune._grids import format_config
+    from flashcore.autotune.core.problem import format_config
 
     return format_config({k: v for k, v in config.items() if k != "CAUSAL_SPLIT"})
 
@@ -118,10 +118,10 @@ def probe(args):
     import torch
     import triton.testing
 
-    from autotune import Point, check
-    from kernels import KernelError
-    from kernels.launch import attention_fwd
-    from kernels.reference import attention_reference
+    from flashcore.autotune import Point, check
+    from flashcore.kernels import KernelError
+    from flashcore.kernels.attention_fwd.launch import attention_fwd
+    from flashcore.kernels.reference import attention_reference
 
     t0 = time.perf_counter()
     plan = [(shape, variant, make_config(tile, variant, shape[4]))
@@ -185,8 +185,8 @@ def probe(args):
 
 
 def calibrate(args):
-    from autotune import PROFILES, Point
-    from search_spaces.rules import (REGISTER_LIMIT, register_budget, registers_per_thread, shared_bytes,
+    from flashcore.autotune import PROFILES, Point
+    from flashcore.search_spaces.rules import (REGISTER_LIMIT, register_budget, registers_per_thread, shared_bytes,
                                      shared_memory_budget)
 
     h100 = PROFILES["h100"]

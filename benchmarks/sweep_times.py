@@ -34,7 +34,7 @@ def timed_sweep(grid: str, db: Path, log: Path, *, workers: int | None, trials: 
             shutil.rmtree(stale)
         else:
             stale.unlink()
-    argv = [sys.executable, "-m", "autotune", "sweep", "--gpu", gpu, "--grid", grid, "--db", str(db),
+    argv = [sys.executable, "-m", "flashcore.autotune", "sweep", "--gpu", gpu, "--grid", grid, "--db", str(db),
             "--rep-ms", str(rep_ms)] + (["--compile-workers", str(workers)] if workers is not None else []) \
         + (["--trials", str(trials)] if trials else []) + list(extra)
     triton_cache = Path(tempfile.mkdtemp(prefix=f"triton-{grid}-{workers}-"))
@@ -67,7 +67,7 @@ def main() -> None:
 
     import torch
 
-    from autotune._toolchain import provenance
+    from flashcore.autotune.core.toolchain import provenance
 
     args.logs.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="sweep-times-"))

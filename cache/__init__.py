@@ -8,12 +8,13 @@ from ._merge import MergeReport, merge_caches
 from ._migrations import SCHEMA_VERSION
 from ._store import CacheStore
 from ._tables import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
-from ._types import (DEFAULT_FP8_TOL, DTYPES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord, base_dtype, fp8_dtype,
-                     fp8_tol)
+from ._types import (DEFAULT_FP8_TOL, DTYPES, FIGURES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord, base_dtype,
+                     figures_of, fp8_dtype, fp8_tol)
 
 __all__ = [
     "DEFAULT_FP8_TOL",
     "DTYPES",
+    "FIGURES",
     "FORMAT_VERSION",
     "SCHEMA_VERSION",
     "TRIAL_STATUSES",
@@ -27,6 +28,7 @@ __all__ = [
     "base_dtype",
     "entry_to_dict",
     "export_table",
+    "figures_of",
     "fp8_dtype",
     "fp8_tol",
     "merge_caches",

@@ -7,6 +7,8 @@ from the ``meta`` table (schema 2 on) or from ``PRAGMA user_version`` (schema 1,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from collections.abc import Callable
 
@@ -14,7 +16,7 @@ from sqlite_utils import Database
 
 from ._errors import CacheError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CACHE_TABLES = frozenset({"winners", "trials"})
 
 Migration = Callable[[Database], None]
@@ -72,7 +74,52 @@ def _to_v2(db: Database) -> None:
     _set_version(db, 2)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2)
+# The key fields of schema 3, and its key id: a frozen copy of CacheKey.id as it was when schema 3 was made
+# (tests check that the two agree), so that this migration keeps meaning the same thing whatever CacheKey becomes.
+_V3_KEY_FIELDS = ("gpu", "compute_capability", "triton_version", "kernel", "kernel_hash", "dtype", "causal",
+                  "head_dim", "seq_len", "batch", "heads", "kv_heads", "kv_len", "lower_right")
+
+
+def key_id_v3(row: dict) -> str:
+    """The schema-3 key id of a row (its key columns)."""
+    values = {name: row[name] for name in _V3_KEY_FIELDS}
+    values["causal"] = bool(values["causal"])
+    values["lower_right"] = bool(values["lower_right"])
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _to_v3(db: Database) -> None:
+    """Schema 3: grouped-query heads (``kv_heads``), unequal lengths (``kv_len``), the causal alignment
+    (``lower_right``); the torch version leaves the key (recorded, no longer required to serve). Old rows get
+    kv_heads = heads, kv_len = seq_len, lower_right = 0 and new key ids; winners that now share a key (they
+    differed only by torch version) keep the fastest."""
+    for name in ("winners", "trials"):
+        db.table(name).add_column("kv_heads", int, not_null_default=0)
+        db.table(name).add_column("kv_len", int, not_null_default=0)
+        db.table(name).add_column("lower_right", int, not_null_default=0)
+        db.execute(f"UPDATE {name} SET kv_heads = heads, kv_len = seq_len")
+    cursor = db.execute("SELECT * FROM trials")
+    columns = [c[0] for c in cursor.description]
+    for values in cursor.fetchall():
+        row = dict(zip(columns, values))
+        db.execute("UPDATE trials SET key_id = ? WHERE id = ?", [key_id_v3(row), row["id"]])
+    cursor = db.execute("SELECT * FROM winners")
+    columns = [c[0] for c in cursor.description]
+    best: dict[str, dict] = {}
+    for values in cursor.fetchall():
+        row = dict(zip(columns, values))
+        row["key_id"] = key_id_v3(row)
+        if row["key_id"] not in best or row["median_us"] < best[row["key_id"]]["median_us"]:
+            best[row["key_id"]] = row
+    db.execute("DELETE FROM winners")
+    for row in best.values():
+        names = ", ".join(f"[{c}]" for c in row)
+        db.execute(f"INSERT INTO winners ({names}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+    _set_version(db, 3)
+
+
+MIGRATIONS: tuple[Migration, ...] = (_to_v1, _to_v2, _to_v3)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -27,7 +27,8 @@ from ._types import TRIAL_STATUSES, CacheKey, Entry, TrialRecord
 T = TypeVar("T")
 _KEY_FIELDS = CacheKey.field_names()
 _FIGURES = ("median_us", "p95_us", "p99_us", "tflops", "rel_err")
-_WINNER_ORDER = "gpu, kernel, dtype, causal, head_dim, seq_len, batch, heads, key_id"
+_WINNER_ORDER = "gpu, kernel, dtype, causal, head_dim, seq_len, kv_len, batch, heads, kv_heads, key_id"
+_BOOLS = ("causal", "lower_right")
 
 
 def _dumps(value: dict[str, Any]) -> str:
@@ -36,7 +37,8 @@ def _dumps(value: dict[str, Any]) -> str:
 
 def _key_columns(key: CacheKey) -> dict[str, Any]:
     columns = key.as_dict()
-    columns["causal"] = int(key.causal)
+    for name in _BOOLS:
+        columns[name] = int(columns[name])
     return columns
 
 
@@ -44,12 +46,14 @@ def _winner_row(entry: Entry) -> dict[str, Any]:
     row: dict[str, Any] = {"key_id": entry.key.id, **_key_columns(entry.key), "config": _dumps(entry.config)}
     row.update({name: float(getattr(entry, name)) for name in _FIGURES})
     row["created_at"] = entry.created_at
+    row["torch_version"] = entry.torch_version
     return row
 
 
 def _trial_row(rec: TrialRecord) -> dict[str, Any]:
     row: dict[str, Any] = {"key_id": rec.key.id, **_key_columns(rec.key), "config": _dumps(rec.config)}
-    for name in ("status", "reason", *_FIGURES, "max_abs_err", "study", "trial_number", "created_at"):
+    for name in ("status", "reason", *_FIGURES, "max_abs_err", "study", "trial_number", "created_at",
+                 "torch_version"):
         row[name] = getattr(rec, name)
     row["extra"] = _dumps(rec.extra)
     return row
@@ -99,20 +103,26 @@ class CacheStore:
     # -- opening -------------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, busy_timeout_ms: int = 30000) -> CacheStore:
-        """Open (creating it and its folders if needed) the cache at ``path`` and migrate it to SCHEMA_VERSION.
+    def open(cls, path: str | os.PathLike[str], *, busy_timeout_ms: int = 30000,
+             make_parents: bool = False) -> CacheStore:
+        """Open (creating it if needed) the cache at ``path`` and migrate it to SCHEMA_VERSION.
 
-        Raises CacheError, without touching the file, when it is not SQLite, is corrupted, is some other
-        program's database, or was written by a newer FlashCore.
+        Its folder must exist (CacheError otherwise: a mistyped path never creates folders) unless
+        ``make_parents`` (for the default location in the user's cache directory). Raises CacheError, without
+        touching the file, when it is not SQLite, is corrupted, is some other program's database, or was
+        written by a newer FlashCore.
         """
         p = Path(path).expanduser()
         where = str(p)
         if p.is_dir():
             raise CacheError(f"{where} is a directory, not a FlashCore cache")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create the folder {p.parent} for {where} ({exc.strerror or exc})") from None
+        if make_parents:
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CacheError(f"cannot create the folder {p.parent} for {where} ({exc.strerror or exc})") from None
+        elif not p.parent.is_dir():
+            raise CacheError(f"the folder {p.parent} of {where} does not exist")
         try:
             conn = sqlite3.connect(str(p), isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
@@ -223,7 +233,8 @@ class CacheStore:
 
     def _key(self, row: dict[str, Any]) -> CacheKey:
         values = {name: row[name] for name in _KEY_FIELDS}
-        values["causal"] = bool(values["causal"])
+        for name in _BOOLS:
+            values[name] = bool(values[name])
         return CacheKey(**values)
 
     def _entry(self, row: dict[str, Any]) -> Entry:
@@ -232,6 +243,7 @@ class CacheStore:
             config=self._loads(row["config"], f"the config of winner {row['key_id']}"),
             median_us=row["median_us"], p95_us=row["p95_us"], p99_us=row["p99_us"],
             tflops=row["tflops"], rel_err=row["rel_err"], created_at=row["created_at"],
+            torch_version=row["torch_version"],
         )  # fmt: skip
 
     def _trial(self, row: dict[str, Any]) -> TrialRecord:
@@ -242,7 +254,7 @@ class CacheStore:
             median_us=row["median_us"], p95_us=row["p95_us"], p99_us=row["p99_us"], tflops=row["tflops"],
             rel_err=row["rel_err"], max_abs_err=row["max_abs_err"], study=row["study"],
             trial_number=row["trial_number"], created_at=row["created_at"],
-            extra=self._loads(row["extra"], f"the extra of {what}"),
+            extra=self._loads(row["extra"], f"the extra of {what}"), torch_version=row["torch_version"],
         )  # fmt: skip
 
     # -- winners -------------------------------------------------------------------------------------------
@@ -280,7 +292,7 @@ class CacheStore:
         if unknown:
             raise TypeError(f"winners() got unknown filter {unknown[0]!r} (filters are {', '.join(_KEY_FIELDS)})")
         where = " AND ".join(f"[{name}] = ?" for name in filters) or None
-        args = [int(v) if name == "causal" else v for name, v in filters.items()]
+        args = [int(v) if name in _BOOLS else v for name, v in filters.items()]
 
         def read() -> list[Entry]:
             rows = self._conn_db().table("winners").rows_where(where, args, order_by=_WINNER_ORDER)

@@ -1,6 +1,9 @@
 """The exported table format (JSON and CSV) that other teams consume, and its strict validation.
 
-A table is ``{"format_version": 1, "provenance": {...}, "entries": [...]}``. Everything read from outside is
+A table is ``{"format_version": 2, "provenance": {...}, "entries": [...]}``. Format 2 added the key/value
+heads, the key/value length and the causal alignment of each entry (``kv_heads``, ``kv_len``,
+``lower_right``); format 1 tables (which had none: every entry had kv_heads = heads, kv_len = seq_len) still
+import. Everything read from outside is
 validated before it becomes an ``Entry``; a problem raises TableError with one line naming the field, e.g.
 ``entries[3].median_us: expected a positive finite number, got -1.0``.
 """
@@ -22,13 +25,19 @@ from typing import Any
 from ._errors import CacheError, TableError
 from ._types import DTYPES, CacheKey, Entry, base_dtype
 
-FORMAT_VERSION = 1
-FIELDS: tuple[str, ...] = (
+FORMAT_VERSION = 2
+FIELDS_V1: tuple[str, ...] = (
     "gpu", "compute_capability", "kernel", "dtype", "causal", "batch", "heads", "seq_len", "head_dim",
     "config", "median_us", "p95_us", "p99_us", "tflops", "rel_err",
     "triton_version", "torch_version", "kernel_hash", "created_at",
 )  # fmt: skip
-_FIELD_SET = frozenset(FIELDS)
+FIELDS: tuple[str, ...] = (
+    "gpu", "compute_capability", "kernel", "dtype", "causal", "lower_right", "batch", "heads", "kv_heads",
+    "seq_len", "kv_len", "head_dim",
+    "config", "median_us", "p95_us", "p99_us", "tflops", "rel_err",
+    "triton_version", "torch_version", "kernel_hash", "created_at",
+)  # fmt: skip
+_FIELDS_OF = {1: FIELDS_V1, 2: FIELDS}
 _TOP_KEYS = frozenset({"format_version", "provenance", "entries"})
 _TEXT_FIELDS = ("gpu", "compute_capability", "kernel", "triton_version", "torch_version", "kernel_hash", "created_at")
 
@@ -146,31 +155,43 @@ def _config(loc: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _parse_entry(loc: str, item: Any) -> Entry:
+def _parse_entry(loc: str, item: Any, version: int = FORMAT_VERSION) -> Entry:
     if not isinstance(item, dict):
         raise TableError(f"{loc}: expected an object, got {_describe(item)}")
-    missing = [name for name in FIELDS if name not in item]
+    names = _FIELDS_OF[version]
+    missing = [name for name in names if name not in item]
     if missing:
         raise TableError(f"{loc}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    extra = sorted((key for key in item if key not in _FIELD_SET), key=str)
+    extra = sorted((key for key in item if key not in names), key=str)
     if extra:
         raise TableError(f"{loc}: unknown field {_describe(extra[0])}")
-    text = {name: _text(f"{loc}.{name}", item[name]) for name in _TEXT_FIELDS if name != "created_at"}
+    text = {name: _text(f"{loc}.{name}", item[name]) for name in _TEXT_FIELDS
+            if name not in ("created_at", "torch_version")}
     _text(f"{loc}.kernel", item["kernel"], _NAME_RE)
     _text(f"{loc}.kernel_hash", item["kernel_hash"], _NAME_RE)
     dtype = item["dtype"]
     if not isinstance(dtype, str) or not _known_dtype(dtype):
         raise TableError(f"{loc}.dtype: expected one of {', '.join(DTYPES)} (or fp8-tol<budget>), "
                          f"got {_describe(dtype)}")
-    causal = item["causal"]
-    if not isinstance(causal, bool):
-        raise TableError(f"{loc}.causal: expected true or false, got {_describe(causal)}")
+    flags = {}
+    for name in ("causal", "lower_right") if version >= 2 else ("causal",):
+        if not isinstance(item[name], bool):
+            raise TableError(f"{loc}.{name}: expected true or false, got {_describe(item[name])}")
+        flags[name] = item[name]
+    heads = _int(f"{loc}.heads", item["heads"], 1, MAX_DIM)
+    seq_len = _int(f"{loc}.seq_len", item["seq_len"], 1, MAX_DIM)
+    kv_heads, kv_len = heads, seq_len
+    if version >= 2:
+        kv_heads = _int(f"{loc}.kv_heads", item["kv_heads"], 1, MAX_DIM)
+        kv_len = _int(f"{loc}.kv_len", item["kv_len"], 1, MAX_DIM)
+        if heads % kv_heads:
+            raise TableError(f"{loc}.kv_heads: expected a divisor of heads ({heads}), got {kv_heads}")
+        if flags["lower_right"] and (not flags["causal"] or kv_len == seq_len):
+            raise TableError(f"{loc}.lower_right: true only for causal attention with kv_len != seq_len")
     key = CacheKey(
-        **text, dtype=dtype, causal=causal,
-        batch=_int(f"{loc}.batch", item["batch"], 1, MAX_DIM),
-        heads=_int(f"{loc}.heads", item["heads"], 1, MAX_DIM),
-        seq_len=_int(f"{loc}.seq_len", item["seq_len"], 1, MAX_DIM),
-        head_dim=_int(f"{loc}.head_dim", item["head_dim"], 1, MAX_HEAD_DIM),
+        **text, dtype=dtype, **flags, batch=_int(f"{loc}.batch", item["batch"], 1, MAX_DIM), heads=heads,
+        seq_len=seq_len, head_dim=_int(f"{loc}.head_dim", item["head_dim"], 1, MAX_HEAD_DIM),
+        kv_heads=kv_heads, kv_len=kv_len,
     )  # fmt: skip
     median, p95, p99 = (_timing(f"{loc}.{name}", item[name]) for name in ("median_us", "p95_us", "p99_us"))
     if p95 < median:
@@ -184,16 +205,17 @@ def _parse_entry(loc: str, item: Any) -> Entry:
         tflops=_bounded(f"{loc}.tflops", item["tflops"], 0.0, MAX_TFLOPS),
         rel_err=_bounded(f"{loc}.rel_err", item["rel_err"], 0.0, MAX_REL_ERR),
         created_at=_created_at(f"{loc}.created_at", item["created_at"]),
+        torch_version=_text(f"{loc}.torch_version", item["torch_version"]),
     )  # fmt: skip
 
 
-def _parse_entries(items: Sequence[Any]) -> list[Entry]:
+def _parse_entries(items: Sequence[Any], version: int = FORMAT_VERSION) -> list[Entry]:
     if len(items) > MAX_ENTRIES:
         raise TableError(f"entries: expected at most {MAX_ENTRIES} entries, got {len(items)}")
     out: list[Entry] = []
     seen: dict[CacheKey, int] = {}
     for index, item in enumerate(items):
-        entry = _parse_entry(f"entries[{index}]", item)
+        entry = _parse_entry(f"entries[{index}]", item, version)
         if entry.key in seen:
             raise TableError(f"entries[{index}]: duplicate key (same as entries[{seen[entry.key]}])")
         seen[entry.key] = index
@@ -227,8 +249,9 @@ def parse_table(obj: Any) -> list[Entry]:
     version = obj["format_version"]
     if not isinstance(version, int) or isinstance(version, bool):
         raise TableError(f"format_version: expected an integer, got {_describe(version)}")
-    if version != FORMAT_VERSION:
-        raise TableError(f"unsupported format_version {_describe(version)} (this FlashCore reads {FORMAT_VERSION})")
+    if version not in _FIELDS_OF:
+        raise TableError(f"unsupported format_version {_describe(version)} (this FlashCore reads "
+                         f"{' and '.join(map(str, sorted(_FIELDS_OF)))})")
     unknown = sorted((key for key in obj if key not in _TOP_KEYS), key=str)
     if unknown:
         raise TableError(f"unknown top-level key {_describe(unknown[0])}")
@@ -238,7 +261,7 @@ def parse_table(obj: Any) -> list[Entry]:
         raise TableError("entries: missing")
     if not isinstance(obj["entries"], list):
         raise TableError(f"entries: expected an array, got {_describe(obj['entries'])}")
-    return _parse_entries(obj["entries"])
+    return _parse_entries(obj["entries"], version)
 
 
 def check_entries(entries: Sequence[Entry]) -> None:
@@ -305,10 +328,11 @@ def entry_to_dict(e: Entry) -> dict[str, Any]:
     key = e.key
     return {
         "gpu": key.gpu, "compute_capability": key.compute_capability, "kernel": key.kernel,
-        "dtype": key.dtype, "causal": key.causal, "batch": key.batch, "heads": key.heads,
-        "seq_len": key.seq_len, "head_dim": key.head_dim, "config": dict(e.config),
+        "dtype": key.dtype, "causal": key.causal, "lower_right": key.lower_right, "batch": key.batch,
+        "heads": key.heads, "kv_heads": key.kv_heads, "seq_len": key.seq_len, "kv_len": key.kv_len,
+        "head_dim": key.head_dim, "config": dict(e.config),
         "median_us": e.median_us, "p95_us": e.p95_us, "p99_us": e.p99_us, "tflops": e.tflops,
-        "rel_err": e.rel_err, "triton_version": key.triton_version, "torch_version": key.torch_version,
+        "rel_err": e.rel_err, "triton_version": key.triton_version, "torch_version": e.torch_version,
         "kernel_hash": key.kernel_hash, "created_at": e.created_at,
     }  # fmt: skip
 

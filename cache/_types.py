@@ -23,24 +23,40 @@ TRIAL_STATUSES = ("ok", "invalid", "compile_error", "resources", "launch_error",
 
 @dataclass(frozen=True)
 class CacheKey:
-    """Names one tuned problem point on one toolchain.
+    """Names one tuned problem point for one candidate on one toolchain.
 
-    Two keys are equal only when every field is: a different Triton or torch version, or a kernel whose
-    source changed (``kernel_hash``), is a different key, so stale winners are never served by accident.
+    A key names what decides the compiled kernel (GPU, Triton version, the candidate and the hash of its JIT
+    source, or for a backend the fingerprint of its builds) and the problem's dimensions: batch, query heads,
+    key/value heads, query length (``seq_len``), key/value length (``kv_len``), head dim, causal (and whether its
+    mask is aligned bottom-right, ``lower_right``, meaningful only when the lengths differ) and dtype. The torch
+    version is not part of it: the Triton kernels do not depend on the torch build (entries record it). Two
+    keys are equal only when every field is, so a winner of another Triton or an edited kernel is a different
+    key. ``kv_heads`` and ``kv_len`` left at 0 mean "as many as the queries"; ``lower_right`` is normalised to
+    False where it changes nothing.
     """
 
     gpu: str  # device name as torch reports it, e.g. "NVIDIA H100 80GB HBM3"; "cpu-interpreter" for the CPU
     compute_capability: str  # "9.0"; "cpu" for the interpreter
     triton_version: str
-    torch_version: str
-    kernel: str  # kernel family name, e.g. "attention_fwd"
-    kernel_hash: str  # hash of the kernel family's source
+    kernel: str  # candidate name, e.g. "attention_fwd" or "sdpa_cudnn"
+    kernel_hash: str  # hash of the kernel's JIT source, or of a backend's builds
     dtype: str  # one of DTYPES
     causal: bool
     head_dim: int
-    seq_len: int
+    seq_len: int  # query length L
     batch: int
-    heads: int
+    heads: int  # query heads
+    kv_heads: int = 0
+    kv_len: int = 0
+    lower_right: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.kv_heads:
+            object.__setattr__(self, "kv_heads", self.heads)
+        if not self.kv_len:
+            object.__setattr__(self, "kv_len", self.seq_len)
+        if self.lower_right and (not self.causal or self.kv_len == self.seq_len):
+            object.__setattr__(self, "lower_right", False)
 
     @property
     def id(self) -> str:
@@ -56,9 +72,17 @@ class CacheKey:
         return tuple(f.name for f in fields(cls))
 
 
+FIGURES = ("median_us", "p95_us", "p99_us", "tflops", "rel_err")  # what a measurement reports
+
+
+def figures_of(obj: Any) -> dict[str, Any]:
+    """The FIGURES of an entry, trial record or trial outcome, by name: the one place they are copied."""
+    return {name: getattr(obj, name) for name in FIGURES}
+
+
 @dataclass(frozen=True)
 class Entry:
-    """The winning config of one key, with the figures it was chosen on."""
+    """The winning config of one key, with the figures it was chosen on and the torch it was measured with."""
 
     key: CacheKey
     config: dict[str, Any]
@@ -68,6 +92,13 @@ class Entry:
     tflops: float
     rel_err: float
     created_at: str  # ISO-8601 UTC
+    torch_version: str = "unknown"
+
+    @classmethod
+    def from_trial(cls, rec: TrialRecord) -> Entry:
+        """The entry a passing trial becomes."""
+        return cls(key=rec.key, config=dict(rec.config), **figures_of(rec), created_at=rec.created_at,
+                   torch_version=rec.torch_version)
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,7 @@ class TrialRecord:
     trial_number: int | None = None
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    torch_version: str = "unknown"
 
 
 def fp8_dtype(tol: float = DEFAULT_FP8_TOL) -> str:

@@ -1,8 +1,4 @@
-"""Checks shared by the launchers: the tile, warp and stage keys every kernel config carries.
-
-(kernels/launch.py keeps its own copy of these checks until the shipped H100 table is re-tuned: editing it
-changes the attention_fwd source hash and makes the shipped winners stale.)
-"""
+"""Checks shared by the launchers: the tile, warp and stage keys every kernel config carries."""
 
 from __future__ import annotations
 

@@ -59,13 +59,49 @@ def causal_split_needs_causal(config, point, profile):
     return None
 
 
+MIN_GPU_TILE = 64  # one wgmma row block of a warpgroup; the smallest tile the GPU spaces search
+
+
 @rule
 def tile_within_sequence(config, point, profile):
-    """A tile larger than the padded sequence only computes padding."""
-    cap = _pow2_at_least(point.seq_len)
-    for name in ("BLOCK_M", "BLOCK_N"):
+    """A tile larger than the padded sequence only computes padding, except the smallest tile a GPU space has
+    (MIN_GPU_TILE): a point shorter than it (S = 1) still has a config."""
+    floor = 16 if profile.interpreter else MIN_GPU_TILE
+    for name, length in (("BLOCK_M", point.seq_len), ("BLOCK_N", getattr(point, "kv_len", point.seq_len))):
+        cap = max(_pow2_at_least(length), floor)
         if config[name] > cap:
-            return f"{name}={config[name]} exceeds the sequence (S={point.seq_len}, padded {cap})"
+            return f"{name}={config[name]} exceeds the sequence (S={length}, padded {cap})"
+    return None
+
+
+def _hopper(profile) -> bool:
+    cc = str(getattr(profile, "compute_capability", "9.0"))
+    return cc[:1].isdigit() and int(cc.split(".")[0]) >= 9
+
+
+@rule
+def tma_needs_hopper(config, point, profile):
+    """Tensor descriptors (the Tensor Memory Accelerator) exist from sm_90 on."""
+    if _loads(config) != "pointer" and not profile.interpreter and not _hopper(profile):
+        return f"TMA loads need Hopper (sm 9.0+); this GPU is sm {profile.compute_capability}"
+    return None
+
+
+@rule
+def warp_specialize_needs_hopper(config, point, profile):
+    """Triton's warp specialization (setmaxnreg, async barriers) needs sm_90 or newer."""
+    if config.get("WARP_SPECIALIZE") and not profile.interpreter and not _hopper(profile):
+        return f"WARP_SPECIALIZE needs Hopper (sm 9.0+); this GPU is sm {profile.compute_capability}"
+    return None
+
+
+@rule
+def host_tma_needs_mha(config, point, profile):
+    """A host descriptor is bound to a tensor's own heads and cannot follow the key/value head a group of query
+    heads shares (the launcher would load through device descriptors instead: timing that as host TMA would
+    mislead)."""
+    if _loads(config) == "host_tma" and getattr(point, "kv_heads", point.heads) != point.heads:
+        return "host TMA cannot follow grouped-query heads (device TMA can)"
     return None
 
 
@@ -225,7 +261,7 @@ QK_FP8_ERROR_FLOOR = 0.035
 def fp8_recipe_canonical(config, point, profile):
     """Recipe fields that the recipe ignores (Q/K scales and SMOOTH_K without FP8_QK, V scale and P_SCALE
     without FP8_PV) stay at their defaults: other values launch the same kernel on the same inputs."""
-    from kernels.quant import Recipe
+    from flashcore.kernels.attention_fp8.quant import Recipe
 
     try:
         recipe = Recipe.from_config(config)
@@ -242,7 +278,7 @@ def fp8_recipe_within_budget(config, point, profile):
     point's dtype, "fp8-tol<budget>"): such recipes would only fail the gate."""
     if not _is_fp8(point) or not config.get("FP8_QK", True) or not config.get("FP8_PV", True):
         return None
-    from cache import fp8_tol
+    from flashcore.cache import fp8_tol
 
     tol = fp8_tol(point.dtype)
     if tol is not None and tol < QK_FP8_ERROR_FLOOR:

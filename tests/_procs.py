@@ -1,4 +1,4 @@
-"""Helpers for tests that run real ``python -m autotune`` processes in Triton's interpreter."""
+"""Helpers for tests that run real ``python -m flashcore.autotune`` processes in Triton's interpreter."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sweep_cmd(db: Path, *extra: str) -> list[str]:
     """``autotune sweep`` of the smoke grid on the cpu profile into ``db``."""
-    return [sys.executable, "-m", "autotune", "sweep", "--gpu", "cpu", "--grid", "smoke", "--db", str(db), *extra]
+    return [sys.executable, "-m", "flashcore.autotune", "sweep", "--gpu", "cpu", "--grid", "smoke", "--db", str(db), *extra]
 
 
 def child_env() -> dict[str, str]:

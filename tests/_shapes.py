@@ -1,6 +1,6 @@
 """Shared test helpers: readable ids for shapes and the tolerances the gate uses."""
 
-from autotune import TOLERANCES
+from flashcore.autotune import TOLERANCES
 
 
 def shape_id(b, h, s, d, causal, dtype="float16"):
@@ -15,11 +15,14 @@ def make_key(**changes):
     """A fixed cache key for store/merge tests; ``changes`` replace fields."""
     import dataclasses
 
-    from cache import CacheKey
+    from flashcore.cache import CacheKey
 
     base = CacheKey(
-        gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.1.0", torch_version="2.5.1",
+        gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.1.0",
         kernel="attention_fwd", kernel_hash="0123abcd", dtype="float16", causal=True,
         head_dim=128, seq_len=4096, batch=4, heads=32,
     )  # fmt: skip
+    # kv_heads and kv_len follow heads and seq_len unless changed themselves (0 means "the same")
+    changes.setdefault("kv_heads", 0)
+    changes.setdefault("kv_len", 0)
     return dataclasses.replace(base, **changes)

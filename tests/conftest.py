@@ -25,7 +25,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own default cache file, a fresh dispatcher memory and a fixed torch seed."""
     monkeypatch.setenv("AUTOTUNE_DB", str(tmp_path / "default-cache.db"))
     torch.manual_seed(0)  # fixed seeds: a test draws the same numbers on every run
-    from autotune import clear_cache
+    from flashcore.autotune import clear_cache
 
     clear_cache()
     yield

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-import cache._migrations
-import cache._store
-from cache import SCHEMA_VERSION, CacheError, CacheKey, CacheStore, Entry, TableError, TrialRecord
-from cache._migrations import migrate
+import flashcore.cache._migrations
+import flashcore.cache._store
+from flashcore.cache import SCHEMA_VERSION, CacheError, CacheKey, CacheStore, Entry, TableError, TrialRecord
+from flashcore.cache._migrations import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 from _shapes import make_key  # noqa: E402
@@ -52,7 +52,7 @@ def snapshot(path: Path) -> bytes:
 
 def test_memory_store_basics(store: CacheStore) -> None:
     assert store.path is None
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
 
 
 def test_winner_round_trip(store: CacheStore) -> None:
@@ -151,7 +151,7 @@ def test_import_entries_invalid_entry_writes_nothing(store: CacheStore) -> None:
 
 def test_import_entries_failure_midway_rolls_back(store: CacheStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.put_winner(make_entry(make_key(heads=1), median=50.0))
-    real = cache._store._winner_row
+    real = flashcore.cache._store._winner_row
     calls = []
 
     def failing(entry: Entry) -> dict:
@@ -160,7 +160,7 @@ def test_import_entries_failure_midway_rolls_back(store: CacheStore, monkeypatch
             raise RuntimeError("disk on fire")
         return real(entry)
 
-    monkeypatch.setattr(cache._store, "_winner_row", failing)
+    monkeypatch.setattr(flashcore.cache._store, "_winner_row", failing)
     batch = [make_entry(make_key(heads=h), median=1.0) for h in (1, 2, 3, 4)]
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.import_entries(batch, replace=True)
@@ -171,10 +171,17 @@ def test_import_entries_failure_midway_rolls_back(store: CacheStore, monkeypatch
 # -- files: creation, migration, refusal ---------------------------------------------------------------------
 
 
+def test_open_refuses_a_missing_folder_unless_asked_to_make_it(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "cache.db"
+    with pytest.raises(CacheError, match="does not exist"):
+        CacheStore.open(path)
+    assert not (tmp_path / "a").exists()
+
+
 def test_open_creates_folders_and_persists(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "cache.db"
-    with CacheStore.open(path) as s:
-        assert s.path == path and s.schema_version == 2
+    with CacheStore.open(path, make_parents=True) as s:
+        assert s.path == path and s.schema_version == 3
         s.put_winner(make_entry())
         s.add_trial(TrialRecord(key=make_key(), config={}, status="ok"))
         mode = s._conn_db().execute("PRAGMA journal_mode").fetchone()[0]
@@ -201,7 +208,7 @@ def test_upgrade_from_v1_fixture(tmp_path: Path) -> None:
     path = tmp_path / "cache.db"
     shutil.copyfile(FIXTURE, path)
     with CacheStore.open(path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == 3
         winners = s.winners()
         assert len(winners) == 2
         for w in winners:
@@ -217,13 +224,15 @@ def test_upgrade_from_v1_fixture(tmp_path: Path) -> None:
         assert trials[0].p99_us == trials[0].p95_us == 830.0
         assert len(s.trials(by_dtype["float16"].key)) == 2
         conn = s._conn_db().conn
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        for w in winners:  # schema 3: one kv head per query head and one length, as every old entry had
+            assert (w.key.kv_heads, w.key.kv_len, w.key.lower_right) == (w.key.heads, w.key.seq_len, False)
         # the upgraded file takes new writes with the new columns
         s.add_trial(TrialRecord(key=winners[0].key, config={}, status="ok", p99_us=1.0, extra={"k": 1}))
         assert s.trials()[-1].extra == {"k": 1}
     with CacheStore.open(path) as s:  # reopening an upgraded file is a no-op
-        assert s.schema_version == 2 and len(s.trials()) == 4
+        assert s.schema_version == 3 and len(s.trials()) == 4
 
 
 def test_failed_migration_leaves_the_file_at_v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,7 +243,8 @@ def test_failed_migration_leaves_the_file_at_v1(tmp_path: Path, monkeypatch: pyt
         db.execute("ALTER TABLE winners ADD COLUMN p99_us REAL")
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(cache._migrations, "MIGRATIONS", (cache._migrations.MIGRATIONS[0], broken_v2))
+    migrations = flashcore.cache._migrations.MIGRATIONS
+    monkeypatch.setattr(flashcore.cache._migrations, "MIGRATIONS", (migrations[0], broken_v2, *migrations[2:]))
     with pytest.raises(CacheError, match="disk I/O error"):
         CacheStore.open(path)
     monkeypatch.undo()
@@ -245,19 +255,19 @@ def test_failed_migration_leaves_the_file_at_v1(tmp_path: Path, monkeypatch: pyt
     finally:
         conn.close()
     with CacheStore.open(path) as s:  # and a later open, with working code, upgrades it
-        assert s.schema_version == 2 and len(s.winners()) == 2
+        assert s.schema_version == 3 and len(s.winners()) == 2
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:
     path = tmp_path / "cache.db"
     CacheStore.open(path).close()
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()
     before = snapshot(path)
-    with pytest.raises(CacheError, match=r"was written by a newer FlashCore \(schema 3\); upgrade flashcore"):
+    with pytest.raises(CacheError, match=r"was written by a newer FlashCore \(schema 4\); upgrade flashcore"):
         CacheStore.open(path)
     assert snapshot(path) == before
 
@@ -367,10 +377,10 @@ def test_concurrent_processes_keep_the_fastest(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys
-        from cache import CacheKey, CacheStore, Entry
-        key = CacheKey("gpu", "9.0", "3.1", "2.5", "attention_fwd", "h", "float16", True, 64, 128, 1, 1)
+        from flashcore.cache import CacheKey, CacheStore, Entry
+        key = CacheKey("gpu", "9.0", "3.1", "attention_fwd", "h", "float16", True, 64, 128, 1, 1)
         worker = int(sys.argv[2])
-        with CacheStore.open(sys.argv[1]) as store:
+        with CacheStore.open(sys.argv[1], make_parents=True) as store:
             for i in range(40):
                 median = 1000.0 - i * 10 - worker  # worker 3's last write (607.0) is the global minimum
                 store.put_winner(Entry(key, {"w": worker, "i": i}, median, median, median, 1.0, 0.0,
@@ -387,3 +397,33 @@ def test_concurrent_processes_keep_the_fastest(tmp_path: Path) -> None:
     with CacheStore.open(path) as s:
         (winner,) = s.winners()
         assert winner.median_us == 607.0 and winner.config == {"i": 39, "w": 3}
+
+
+def test_v2_winners_that_differ_only_by_torch_collapse_to_the_fastest(tmp_path: Path) -> None:
+    """Schema 3 takes the torch version out of the key: two schema-2 winners of one point measured with two torch
+    builds become one key, and the migration keeps the faster; trials keep their rows under the new key."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    db = Database(conn, execute_plugins=False)
+    assert migrate(db, "<v2>", target=2) == 2
+    base = dict(gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.6.0", kernel="attention_fwd",
+                kernel_hash="a5c27be1af7945f5", dtype="float16", causal=1, head_dim=128, seq_len=4096, batch=8,
+                heads=16, config='{"BLOCK_M": 128}', p95_us=1.0, p99_us=1.0, tflops=1.0, rel_err=1e-4,
+                created_at="2026-01-01T00:00:00+00:00")
+    for torch_version, median in (("2.10.0", 900.0), ("2.11.0+cu130", 850.0)):
+        row = {**base, "key_id": torch_version, "torch_version": torch_version, "median_us": median, "p95_us": median,
+               "p99_us": median}
+        db.execute(f"INSERT INTO winners ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+        trial = {k: v for k, v in row.items() if k not in ("p95_us", "p99_us", "tflops", "rel_err", "median_us")}
+        trial["status"] = "ok"
+        db.execute(f"INSERT INTO trials ({', '.join(trial)}) VALUES ({', '.join('?' for _ in trial)})",
+                   list(trial.values()))
+    conn.close()
+    with CacheStore.open(path) as s:
+        winners = s.winners()
+        assert len(winners) == 1 and winners[0].median_us == 850.0 and winners[0].torch_version == "2.11.0+cu130"
+        key = winners[0].key
+        assert (key.kv_heads, key.kv_len, key.lower_right) == (16, 4096, False)
+        assert len(s.trials(key)) == 2
+        assert flashcore.cache._migrations.key_id_v3(
+            {**key.as_dict(), "causal": int(key.causal), "lower_right": int(key.lower_right)}) == key.id

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from autotune.cli import app
-from cache import CacheStore
+from flashcore.autotune.cli.app import app
+from flashcore.cache import CacheStore
 
 runner = CliRunner()
 
@@ -43,7 +43,7 @@ def test_export_import_round_trip(swept, tmp_path):
     out = tmp_path / "table.json"
     assert invoke("export", "--db", swept[0], "--format", "json", "-o", out).exit_code == 0
     table = json.loads(out.read_text())
-    assert table["format_version"] == 1 and len(table["entries"]) == 3
+    assert table["format_version"] == 2 and len(table["entries"]) == 3
     assert {"gpu", "kernel", "config", "median_us", "p99_us", "kernel_hash"} <= set(table["entries"][0])
     other = tmp_path / "other.db"
     result = invoke("import", out, "--db", other)
@@ -109,12 +109,12 @@ def test_python_dash_m_works():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "flashcore.autotune", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "sweep" in out.stdout
 
 
 def test_sweep_from_misses_tunes_the_missed_shapes(tmp_path):
-    from autotune import clear_cache, get_kernel
+    from flashcore.autotune import clear_cache, get_kernel
 
     db = tmp_path / "m.db"
     invoke("sweep", "--gpu", "cpu", "--grid", "smoke", "--trials", "1", "--db", db)

@@ -11,12 +11,14 @@ import json
 import pytest
 import torch
 
-from autotune import PROFILES, Point
-from autotune._compile_pool import CompilePool, default_workers
-from autotune._sweep import sweep, tune_point
-from cache import CacheStore
-from kernels import get_family
-from kernels._precompile import compile_key_attention_fwd, precompile_attention_fwd
+from flashcore.autotune import PROFILES, Point
+from flashcore.autotune.tuning.compile_pool import CompilePool, default_workers
+from flashcore.autotune.tuning.sweep import sweep, tune_point
+from flashcore.cache import CacheStore
+from flashcore.kernels import get_family
+from flashcore.kernels.attention_fwd.precompile import compile_key as compile_key_attention_fwd
+from flashcore.kernels.attention_fwd.precompile import precompile as precompile_attention_fwd
+from flashcore.autotune.tuning.options import SweepOptions
 
 CPU = PROFILES["cpu"]
 FAKE = dataclasses.replace(get_family("attention_fwd"), precompiler="fake_precompile:precompile",
@@ -78,12 +80,12 @@ def test_a_precompiler_bug_leaves_the_config_to_the_timing_worker(log):
 
 
 def test_fp8_compile_key_runs_the_launcher_quantization_on_meta_tensors():
-    from kernels._precompile import compile_key_attention_fp8
-    from search_spaces import load_space
+    from flashcore.kernels.attention_fp8.precompile import compile_key as compile_key_attention_fp8
+    from flashcore.search_spaces import load_space
 
     config = {name: values[0] for name, values in load_space("attention_fp8").params}
     def key(shape):
-        return compile_key_attention_fp8(shape, torch.float16, True, config)
+        return compile_key_attention_fp8(shape, shape, torch.float16, True, config)
 
     assert key((1, 3, 77, 64)) == key((2, 3, 50, 64)) != key((2, 3, 64, 64))
     assert get_family("attention_fp8").precompiler is not None
@@ -98,7 +100,7 @@ def test_pool_needs_a_precompiler_and_a_worker():
 
 def test_tune_point_records_pool_compile_errors_without_running_them(log):
     with CacheStore.memory() as store, CompilePool(FAKE, 2) as pool:
-        res = tune_point(A, profile=CPU, store=store, trials=50, seed=0, kernel=FAKE, pool=pool)
+        res = tune_point(A, store, SweepOptions(profile=CPU, trials=50, seed=0), kernel=FAKE, pool=pool)
     by = {}
     for t in res.trials:
         by.setdefault(t.status, []).append(t)
@@ -116,7 +118,7 @@ def test_tune_point_records_pool_compile_errors_without_running_them(log):
 
 def test_sweep_with_compile_workers_shares_kernels_between_points(log):
     with CacheStore.memory() as store:
-        results = sweep([A, B], profile=CPU, store=store, trials=3, seed=0, kernel=FAKE, compile_workers=2)
+        results = sweep([A, B], store, SweepOptions(profile=CPU, trials=3, seed=0, compile_workers=2, kernels=(FAKE,)))
     assert all(r.best is not None for r in results)
     keys = [json.dumps(c["config"], sort_keys=True) for c in compiles(log)]
     crash = json.dumps(cfg(BLOCK_M=64, BLOCK_N=64), sort_keys=True)
@@ -133,10 +135,11 @@ def test_sweep_with_compile_workers_shares_kernels_between_points(log):
         "B1-H1-S77-D64-causal"])
 def test_compile_key_follows_triton_specialization(other, same):
     def key(p):
-        return compile_key_attention_fwd((p.batch, p.heads, p.seq_len, p.head_dim), torch.float16, p.causal, CFG)
+        shape = (p.batch, p.heads, p.seq_len, p.head_dim)
+        return compile_key_attention_fwd(shape, shape, torch.float16, p.causal, CFG)
 
     assert (key(A) == key(other)) is same
 
 
 def test_real_precompiler_compiles_nothing_in_the_interpreter():
-    assert precompile_attention_fwd((1, 3, 77, 64), torch.float16, True, CFG) is False
+    assert precompile_attention_fwd((1, 3, 77, 64), (1, 3, 77, 64), torch.float16, True, CFG) is False

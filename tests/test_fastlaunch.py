@@ -11,14 +11,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from triton import knobs
 from triton.knobs import HookChain
 
-import autotune
-from autotune import Point, get_kernel
-from autotune import _op
-from autotune._inputs import make_inputs
-from kernels import KernelLaunchError
-from kernels import _fastlaunch as fl
-from kernels.attention_fwd import attn_fwd
-from kernels.launch import _kernel_args, attention_fwd
+from flashcore import autotune
+from flashcore.autotune import Point, get_kernel
+from flashcore.autotune.runtime import op as _op
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.kernels import KernelLaunchError
+from flashcore.kernels.attention_fwd import fastlaunch as fl
+from flashcore.kernels.attention_fwd.kernel import attn_fwd
+from flashcore.kernels.attention_fwd.launch import _kernel_args, attention_fwd
 
 CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=2, num_stages=1)
 CKEY = fl.config_key(CONFIG)
@@ -142,7 +142,7 @@ def stubbed(monkeypatch):
     monkeypatch.setattr(fl, "driver", SimpleNamespace(active=active))
     monkeypatch.setattr(attn_fwd, "used_global_vals", {}, raising=False)
 
-    def compiled_kernel(args, grid, kwargs):
+    def compiled_kernel(fn, args, grid, kwargs):
         state.compiled.append((args, grid, kwargs))
         return StubKernel(kwargs, state)
 

@@ -10,13 +10,13 @@ tests/test_fastlaunch_gpu.py
 import pytest
 import torch
 
-import autotune
-from autotune import Point
-from autotune._dispatch import TunedKernel
-from autotune._inputs import make_inputs
-from kernels import _fastlaunch as fl
-from kernels.attention_fwd import attn_fwd
-from kernels.launch import _kernel_args, attention_fwd
+from flashcore import autotune
+from flashcore.autotune import Point
+from flashcore.autotune.runtime.dispatch import TunedKernel
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.kernels.attention_fwd import fastlaunch as fl
+from flashcore.kernels.attention_fwd.kernel import attn_fwd
+from flashcore.kernels.attention_fwd.launch import _kernel_args, attention_fwd
 
 from _shapes import shape_id
 

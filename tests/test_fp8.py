@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from autotune import PROFILES, Point, get_grid
-from autotune._fp8_gate import EMULATION_FACTOR, check_fp8, report_fp8
-from autotune._inputs import make_inputs
-from cache._tables import _config
-from kernels import KernelInputError, get_family
-from kernels.fp8_reference import attention_fp8_emulated
-from kernels.quant import (FP8_DTYPE, Recipe, dequantize, expand_scales, quantize, scales_for, smooth)
-from kernels.reference import attention_reference
-from search_spaces import load_space
+from flashcore.autotune import PROFILES, Point, get_grid
+from flashcore.autotune.tuning.fp8_gate import EMULATION_FACTOR, check_fp8, report_fp8
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.cache._tables import _config
+from flashcore.kernels import KernelInputError, get_family
+from flashcore.kernels.attention_fp8.reference import attention_fp8_emulated
+from flashcore.kernels.attention_fp8.quant import (FP8_DTYPE, Recipe, dequantize, expand_scales, quantize, scales_for, smooth)
+from flashcore.kernels.reference import attention_reference
+from flashcore.search_spaces import load_space
 
 RECIPES = {
     "probe-per-tensor": Recipe(q_scale="tensor", k_scale="tensor", v_scale="tensor"),
@@ -167,7 +167,7 @@ def test_fp8_gate_accepts_the_emulation_and_rejects_planted_bugs():
 
 
 def test_family_and_search_space():
-    from kernels.launch_fp8 import CONFIG_KEYS
+    from flashcore.kernels.attention_fp8.launch import CONFIG_KEYS
 
     family = get_family("attention_fp8")
     assert family.dtypes == ("fp8",) and family.source_hash != get_family("attention_fwd").source_hash
@@ -185,7 +185,7 @@ def test_family_and_search_space():
 
 
 def test_launcher_refuses_bad_configs_and_mismatched_inputs():
-    from kernels.launch_fp8 import attention_fp8, attention_fp8_quantized
+    from flashcore.kernels.attention_fp8.launch import attention_fp8, attention_fp8_quantized
 
     q, k, v = _inputs((1, 1, 8, 16))
     base = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)

@@ -9,14 +9,14 @@ import torch
 import triton
 import triton.language as tl
 
-from autotune._fp8_gate import check_fp8, report_fp8
-from autotune._inputs import make_inputs
-from autotune._grids import Point
-from kernels.attention_fp8 import _round_e4m3
-from kernels.fp8_reference import attention_fp8_emulated, emulate_quantized
-from kernels.launch_fp8 import attention_fp8, attention_fp8_quantized
-from kernels.quant import FP8_DTYPE, Recipe, quantize
-from kernels.reference import attention_reference
+from flashcore.autotune.tuning.fp8_gate import check_fp8, report_fp8
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.autotune.core.problem import Point
+from flashcore.kernels.attention_fp8.kernel import _round_e4m3
+from flashcore.kernels.attention_fp8.reference import attention_fp8_emulated, emulate_quantized
+from flashcore.kernels.attention_fp8.launch import attention_fp8, attention_fp8_quantized
+from flashcore.kernels.attention_fp8.quant import FP8_DTYPE, Recipe, quantize
+from flashcore.kernels.reference import attention_reference
 
 from _shapes import shape_id
 

@@ -8,19 +8,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from autotune import PROFILES, Point, get_kernel, resolve_profile
-from autotune._bench_fp8 import FP8_PROVIDERS, with_outliers
-from autotune._fp8_gate import check_fp8, rel_l2
-from autotune._inputs import make_inputs
-from autotune._trial import prepare, run_trial
-from autotune.cli import app
-from cache import CacheStore, TableError, base_dtype, fp8_dtype, fp8_tol, parse_table
-from kernels import get_family
-from kernels.fp8_reference import attention_fp8_emulated
-from kernels.quant import Recipe
-from kernels.reference import attention_reference
-from search_spaces import load_space
-from search_spaces.rules import QK_FP8_ERROR_FLOOR, shared_bytes
+from flashcore.autotune import PROFILES, Point, get_kernel, resolve_profile
+from flashcore.autotune.evaluation.bench_fp8 import FP8_PROVIDERS, with_outliers
+from flashcore.autotune.tuning.fp8_gate import check_fp8, rel_l2
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.autotune.tuning.trial import prepare, run_trial
+from flashcore.autotune.cli.app import app
+from flashcore.cache import CacheStore, TableError, base_dtype, fp8_dtype, fp8_tol, parse_table
+from flashcore.kernels import get_family
+from flashcore.kernels.attention_fp8.reference import attention_fp8_emulated
+from flashcore.kernels.attention_fp8.quant import Recipe
+from flashcore.kernels.reference import attention_reference
+from flashcore.search_spaces import load_space
+from flashcore.search_spaces.rules import QK_FP8_ERROR_FLOOR, shared_bytes
+from flashcore.autotune.tuning.options import SweepOptions
 
 CPU = PROFILES["cpu"]
 FP8 = get_family("attention_fp8")
@@ -114,7 +115,7 @@ def test_fp8_points_get_the_fp8_gate_and_its_figures():
 
 @pytest.mark.parametrize("bug", ["noise", "row_never_written", "scales_not_applied"])
 def test_planted_bad_fp8_results_fail_the_fp8_gate(bug, monkeypatch):
-    import kernels.launch_fp8 as lf8
+    import flashcore.kernels.attention_fp8.launch as lf8
 
     real = lf8.attention_fp8_quantized
 
@@ -150,7 +151,7 @@ def swept(tmp_path_factory):
 
 def test_cli_sweep_fp8_budgets_coexist_and_are_served_apart(swept):
     db, loose, tight = swept
-    assert "kernel attention_fp8" in loose and "B1-H3-S77-D64-causal-fp8 " in loose
+    assert "candidates attention_fp8" in loose and "B1-H3-S77-D64-causal-fp8 " in loose
     assert "B2-H1-S50-D32-causal-fp8-tol0.03" in tight
     with CacheStore.open(db) as store:
         winners = {(w.key.dtype, w.key.causal, w.key.seq_len): w for w in store.winners(kernel="attention_fp8")}
@@ -161,7 +162,8 @@ def test_cli_sweep_fp8_budgets_coexist_and_are_served_apart(swept):
         assert w.rel_err <= fp8_tol(dtype) and w.key.kernel_hash == FP8.source_hash
         if dtype == "fp8-tol0.03":
             assert w.config["FP8_QK"] is False  # Q·Kᵀ in 16 bits: the only recipes within 0.03
-    assert all(t.extra.get("recipe") and t.extra.get("fp8_tol") in (0.1, 0.03) for t in trials if t.status == "ok")
+    ok = [t for t in trials if t.status == "ok"]
+    assert ok and all(t.extra.get("recipe") and t.extra.get("fp8_tol") in (0.1, 0.03) for t in ok)
     assert all("FP8 budget" in t.reason or "emulation" in t.reason for t in trials if t.status == "gate_failed")
     for dtype in ("fp8", "fp8-tol0.03"):
         kernel = get_kernel((1, 3, 77, 64), dtype, True, db=db, kernel="attention_fp8")
@@ -245,12 +247,12 @@ def test_with_outliers_plants_a_few_large_values():
 @pytest.mark.parametrize("tol", [0.1, 0.03])
 def test_gpu_fp8_sweep_serves_each_budget(tol, tmp_path):
     # Compiled: a real sweep of the FP8 family at one point per budget, its winner served and re-gated.
-    from autotune._sweep import tune_point
+    from flashcore.autotune.tuning.sweep import tune_point
 
     profile = resolve_profile("auto")
     point = Point(2, 4, 1000, 128, True, fp8_dtype(tol))
     with CacheStore.open(tmp_path / "gpu.db") as store:
-        res = tune_point(point, profile=profile, store=store, trials=6, seed=0, kernel="attention_fp8", rep_ms=10)
+        res = tune_point(point, store, SweepOptions(profile=profile, trials=6, seed=0, rep_ms=10), kernel="attention_fp8")
     assert res.best is not None and res.best.rel_err <= tol and res.best.extra["recipe"]
     kernel = get_kernel((2, 4, 1000, 128), point.dtype, True, db=tmp_path / "gpu.db", kernel="attention_fp8")
     assert kernel.source == "exact" and kernel.config == res.best.config
@@ -263,8 +265,8 @@ def test_gpu_fp8_sweep_serves_each_budget(tol, tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_bench_fp8_point(tmp_path):
-    from autotune._backend import select_backend
-    from autotune._bench_fp8 import bench_fp8_point
+    from flashcore.autotune.cli.backend import select_backend
+    from flashcore.autotune.evaluation.bench_fp8 import bench_fp8_point
 
     profile = resolve_profile("auto")
     select_backend(profile)

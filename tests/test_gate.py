@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autotune import PROFILES, Point, TOLERANCES, check
-from autotune._inputs import make_inputs
-from autotune._trial import prepare, run_trial
-from kernels.reference import attention_reference
-from search_spaces import load_space
+from flashcore.autotune import PROFILES, Point, TOLERANCES, check
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.autotune.tuning.trial import prepare, run_trial
+from flashcore.kernels.reference import attention_reference
+from flashcore.search_spaces import load_space
 
 from planted import BUGS, make_launcher
 

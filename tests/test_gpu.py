@@ -4,14 +4,15 @@ a real sweep on the device's profile, and get_kernel serving its winner. Skipped
 import pytest
 import torch
 
-from autotune import Point, check, get_kernel, resolve_profile
-from autotune._inputs import make_inputs
-from autotune._sweep import tune_point
-from cache import CacheStore
-from kernels import KernelError
-from kernels.launch import attention_fwd, compile_info, tma_ready
-from kernels.reference import attention_reference
-from search_spaces import load_space
+from flashcore.autotune import Point, check, get_kernel, resolve_profile
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.autotune.tuning.sweep import tune_point
+from flashcore.cache import CacheStore
+from flashcore.kernels import KernelError
+from flashcore.kernels.attention_fwd.launch import attention_fwd, compile_info, tma_ready
+from flashcore.kernels.reference import attention_reference
+from flashcore.search_spaces import load_space
+from flashcore.autotune.tuning.options import SweepOptions
 
 from _shapes import shape_id
 
@@ -178,7 +179,7 @@ def test_tma_launch_from_a_new_thread_sets_its_allocator():
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, CAUSAL_SPLIT=True, LOADS="host_tma"),
 ], ids=["default", "M128-N128-device-tma", "M128-N64-host-tma"])
 def test_configs_the_rules_accept_compile_without_spills(config):
-    from search_spaces import load_space as _load
+    from flashcore.search_spaces import load_space as _load
 
     point = Point(4, 16, 8192, 128, True)
     profile = resolve_profile("auto")
@@ -193,7 +194,7 @@ def test_sweep_one_point_and_serve_it(tmp_path):
     point = Point(4, 8, 512, 64, True)
     path = tmp_path / "gpu.db"
     with CacheStore.open(path) as store:
-        res = tune_point(point, profile=profile, store=store, trials=8, seed=0, rep_ms=20)
+        res = tune_point(point, store, SweepOptions(profile=profile, trials=8, seed=0, rep_ms=20))
     assert res.best is not None and res.best.rel_err < 2e-3
     kernel = get_kernel((4, 8, 512, 64), causal=True, db=path)
     assert kernel.source == "exact" and kernel.config == res.best.config
@@ -202,7 +203,7 @@ def test_sweep_one_point_and_serve_it(tmp_path):
 
 
 def test_drop_in_op_under_torch_compile_fullgraph_matches_eager():
-    import autotune
+    import flashcore.autotune
 
     point = Point(2, 8, 1000, 64, True)
     q, k, v = make_inputs(point, "cuda")

@@ -7,14 +7,15 @@ import os
 import pytest
 import torch
 
-from autotune import Point, check, resolve_profile
-from autotune._compile_pool import CompilePool
-from autotune._inputs import make_inputs
-from autotune._sweep import sweep
-from cache import CacheStore
-from kernels import get_family
-from kernels.launch import attention_fwd
-from kernels.reference import attention_reference
+from flashcore.autotune import Point, check, resolve_profile
+from flashcore.autotune.tuning.compile_pool import CompilePool
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.autotune.tuning.sweep import sweep
+from flashcore.cache import CacheStore
+from flashcore.kernels import get_family
+from flashcore.kernels.attention_fwd.launch import attention_fwd
+from flashcore.kernels.reference import attention_reference
+from flashcore.autotune.tuning.options import SweepOptions
 
 pytestmark = pytest.mark.gpu
 
@@ -57,8 +58,7 @@ def test_sweep_compiling_ahead_matches_serial(tmp_path):
     found = {}
     for workers in (0, 4):
         with CacheStore.memory() as store:
-            res = sweep(points, profile=profile, store=store, trials=6, seed=0, rep_ms=20,
-                        compile_workers=workers)
+            res = sweep(points, store, SweepOptions(profile=profile, trials=6, seed=0, rep_ms=20, compile_workers=workers, kernels=("attention_fwd",)))
         assert all(r.best is not None and r.best.rel_err < 2e-3 for r in res)
         found[workers] = [r.trials[0].config for r in res]
     assert found[0] == found[4]  # the space's default first, compiled ahead or not

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from autotune._timing import measure
+from flashcore.autotune.tuning.timing import measure
 
 pytestmark = pytest.mark.gpu
 

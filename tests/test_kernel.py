@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from autotune import check
-from autotune._inputs import make_inputs, torch_dtype
-from autotune._grids import Point
-from kernels import KernelInputError
-from kernels.launch import CONFIG_KEYS, attention_fwd, tma_ready
-from kernels.reference import attention_naive, attention_reference
+from flashcore.autotune import check
+from flashcore.autotune.core.problem import torch_dtype
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.autotune.core.problem import Point
+from flashcore.kernels import KernelInputError
+from flashcore.kernels.attention_fwd.launch import CONFIG_KEYS, attention_fwd, tma_ready
+from flashcore.kernels.reference import attention_naive, attention_reference
 
 from _shapes import shape_id
 
@@ -149,7 +150,7 @@ def test_planted_large_values_overflow_a_naive_softmax():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(shape=(2, 3, 8)), "must all be"),
+    (dict(shape=(2, 3, 8)), r"must be \(B, Hq, L, D\)"),
     (dict(dtype=torch.float32), "dtype"),
     (dict(d=512), "head dim"),
 ], ids=["3d", "fp32", "d512"])
@@ -179,7 +180,7 @@ def test_bad_configs_raise_typed_errors(config, match):
 
 
 def test_config_keys_are_the_search_space_parameters():
-    from search_spaces import load_space
+    from flashcore.search_spaces import load_space
 
     for profile in ("default", "cpu"):
         assert set(load_space("attention_fwd", profile).param_values) == CONFIG_KEYS

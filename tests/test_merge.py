@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cache._merge
-from autotune.cli import app
-from cache import CacheError, CacheKey, CacheStore, Entry, MergeReport, TrialRecord, merge_caches
+import flashcore.cache._merge
+from flashcore.autotune.cli.app import app
+from flashcore.cache import CacheError, CacheKey, CacheStore, Entry, MergeReport, TrialRecord, merge_caches
 
 from _shapes import make_key  # noqa: E402
 
@@ -40,7 +40,7 @@ COMMON_TRIAL = trial(SHARED, 0, study="common")  # present in both files (e.g. a
 
 
 def build(path: Path, entries: list[Entry], trials: list[TrialRecord]) -> Path:
-    with CacheStore.open(path) as store:
+    with CacheStore.open(path, make_parents=True) as store:
         store.import_entries(entries, replace=True)
         for rec in trials:
             store.add_trial(rec)
@@ -66,7 +66,7 @@ def state(path: Path) -> tuple[bytes, list[str]]:
 
 def trial_multiset(path: Path) -> Counter:
     with CacheStore.open(path) as store:
-        return Counter(cache._merge._trial_identity(rec) for rec in store.trials())
+        return Counter(flashcore.cache._merge._trial_identity(rec) for rec in store.trials())
 
 
 def invoke(*args: object):
@@ -88,7 +88,7 @@ def test_fastest_winner_per_key_and_every_trial_once(pair: tuple[Path, Path], tm
     assert (winners[SPLIT].median_us, winners[SPLIT].config["BLOCK_M"]) == (30.0, 32)  # B was faster
     assert winners[SHARED].p99_us == pytest.approx(12.0)
     expected = trial_multiset(a) | trial_multiset(b)  # union: the common trial once
-    assert Counter(cache._merge._trial_identity(t) for t in trials) == expected
+    assert Counter(flashcore.cache._merge._trial_identity(t) for t in trials) == expected
     assert len(trials) == 6 and trials.count(COMMON_TRIAL) == 1
     assert {t.extra["host"] for t in trials} == {"a", "b", "common"}
     summary_a, summary_b = report.inputs
@@ -120,7 +120,7 @@ def test_repeats_within_one_input_are_kept(tmp_path: Path) -> None:
     failed = trial(ONLY_A, None, study="", status="resources", when="")
     a = build(tmp_path / "a.db", [], [failed, failed, trial(ONLY_A, 1)])
     report = merge_caches([a, a], tmp_path / "out.db")
-    assert report.trials == 3 and trial_multiset(tmp_path / "out.db")[cache._merge._trial_identity(failed)] == 2
+    assert report.trials == 3 and trial_multiset(tmp_path / "out.db")[flashcore.cache._merge._trial_identity(failed)] == 2
 
 
 def test_v1_input_is_read_through_a_migrated_copy(pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -128,12 +128,12 @@ def test_v1_input_is_read_through_a_migrated_copy(pair: tuple[Path, Path], tmp_p
     before = state(FIXTURE)
     report = merge_caches([FIXTURE, a], tmp_path / "out.db")
     assert state(FIXTURE) == before  # never migrated in place, nothing written beside it
-    assert report.inputs[0].schema_version == 1 and report.inputs[1].schema_version == 2
+    assert report.inputs[0].schema_version == 1 and report.inputs[1].schema_version == 3
     assert (report.inputs[0].winners, report.inputs[0].trials) == (2, 3)
     # the fixture's float16 key is SHARED (812.5 µs there, 10 µs in A): A's wins, the fixture keeps its bfloat16 key
     assert [item.winners_kept for item in report.inputs] == [1, 3]
     with CacheStore.open(tmp_path / "out.db") as store:
-        assert store.schema_version == 2 and len(store.winners()) == 4 and len(store.trials()) == 7
+        assert store.schema_version == 3 and len(store.winners()) == 4 and len(store.trials()) == 7
         assert store.get_winner(SHARED).median_us == 10.0
         (old,) = store.winners(dtype="bfloat16")
         assert (old.median_us, old.p95_us, old.p99_us) == (95.25, 99.0, 99.0)  # migrated: p99 bound = p95
@@ -159,7 +159,7 @@ def _sql(path: Path, *statements: str) -> None:
 
 def _newer(path: Path) -> None:
     build(path, [], [])
-    _sql(path, "UPDATE meta SET value = '3' WHERE key = 'schema_version'", "PRAGMA user_version = 3")
+    _sql(path, "UPDATE meta SET value = '4' WHERE key = 'schema_version'", "PRAGMA user_version = 4")
 
 
 def _truncated(path: Path) -> None:
@@ -172,7 +172,7 @@ BAD_INPUTS = [
     pytest.param(_truncated, "is not a FlashCore cache", id="truncated"),
     pytest.param(lambda p: _sql(p, "CREATE TABLE users (id INTEGER)"), "is not a FlashCore cache", id="foreign"),
     pytest.param(lambda p: p.write_bytes(b""), "is not a FlashCore cache", id="empty-file"),
-    pytest.param(_newer, "newer FlashCore (schema 3)", id="newer-schema"),
+    pytest.param(_newer, "newer FlashCore (schema 4)", id="newer-schema"),
     pytest.param(lambda p: None, "no such file", id="missing"),
 ]
 
@@ -226,7 +226,7 @@ def test_failure_while_writing_leaves_out_untouched(pair, tmp_path: Path, monkey
     def broken(rec: TrialRecord) -> dict:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache._merge, "_trial_row", broken)
+    monkeypatch.setattr(flashcore.cache._merge, "_trial_row", broken)
     with pytest.raises(CacheError, match="No space left on device"):
         merge_caches([out, b], out)
     assert state(out) == before

@@ -1,7 +1,7 @@
 """Sweeps across several devices and hosts: `sweep --devices` (one worker process per device, one cache) and
 `sweep --storage URL` (the Optuna studies in a shared database, here a PostgreSQL server this test starts).
 
-Everything runs real ``python -m autotune`` processes in Triton's interpreter (``--gpu cpu``).
+Everything runs real ``python -m flashcore.autotune`` processes in Triton's interpreter (``--gpu cpu``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autotune._multi import parse_devices, worker_args
-from autotune._errors import AutotuneError
-from autotune._sweep import make_storage
-from autotune.cli import app
+from flashcore.autotune.cli.multi import parse_devices, worker_args
+from flashcore.autotune.core.errors import AutotuneError
+from flashcore.autotune.tuning.storage import make_storage
+from flashcore.autotune.cli.app import app
 
 import _procs
 from _procs import ROOT, child_env, rows
@@ -79,7 +79,7 @@ def test_parse_devices_against_the_device_count():
 
 def test_worker_args_round_trip_through_the_cli():
     args = worker_args(gpu="cpu", grid="smoke", trials=3, db=Path("/x/c.db"), seed=4, dtype="bfloat16", retune=True,
-                       kernel="attention_fwd", rep_ms=50, from_misses=False, patience=5, min_improvement=0.05,
+                       kernels=("attention_fwd", "sdpa_cudnn"), rep_ms=50, from_misses=False, patience=5, min_improvement=0.05,
                        time_budget=30.0, storage="journal:/x/j.log")
     assert "--devices" not in args
     import typer.main
@@ -91,7 +91,7 @@ def test_worker_args_round_trip_through_the_cli():
     assert (p["gpu"], p["grid"], p["trials"], p["seed"], p["dtype"], p["retune"], p["rep_ms"], p["patience"],
             p["min_improvement"], p["time_budget"], p["storage"], p["devices"]) == (
         "cpu", "smoke", 3, 4, "bfloat16", True, 50, 5, 0.05, 30.0, "journal:/x/j.log", None)
-    assert str(p["db"]) == "/x/c.db"
+    assert str(p["db"]) == "/x/c.db" and p["kernel"] == "attention_fwd,sdpa_cudnn"
 
 
 # -- --storage -------------------------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import autotune
-from autotune import Point, check
-from autotune._inputs import make_inputs
-from kernels.reference import attention_reference
+from flashcore import autotune
+from flashcore.autotune import Point, check
+from flashcore.autotune.tuning.inputs import make_inputs
+from flashcore.kernels.reference import attention_reference
 
 from _shapes import shape_id
 

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from kernels.quant import FP8_DTYPE, Recipe, quantize
-from kernels.quant_launch import attention_fp8_fused, quantize_fused
+from flashcore.kernels.attention_fp8.quant import FP8_DTYPE, Recipe, quantize
+from flashcore.kernels.attention_fp8.quant_launch import attention_fp8_fused, quantize_fused
 
 from _shapes import shape_id
 
@@ -58,7 +58,7 @@ def test_non_contiguous_inputs_and_bf16():
 
 
 def test_fused_attention_equals_the_unfused_one():
-    from kernels.launch_fp8 import attention_fp8
+    from flashcore.kernels.attention_fp8.launch import attention_fp8
 
     q, k, v = inputs((1, 3, 77, 64))
     config = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, CAUSAL_SPLIT=True, FP8_QK=True, FP8_PV=True,
@@ -83,8 +83,8 @@ def test_same_bytes_on_the_gpu_at_a_long_odd_point(recipe):
 
 
 def test_get_kernel_serves_the_fused_quantization(tmp_path):
-    from autotune import get_kernel
-    from kernels.launch_fp8 import attention_fp8
+    from flashcore.autotune import get_kernel
+    from flashcore.kernels.attention_fp8.launch import attention_fp8
 
     q, k, v = inputs((1, 3, 77, 64))
     kernel = get_kernel((1, 3, 77, 64), dtype="fp8", kernel="attention_fp8", causal=True, gpu="auto",

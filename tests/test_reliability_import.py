@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from autotune import Point
-from autotune._toolchain import make_key
-from autotune.cli import app
-from cache import CacheStore, Entry, export_table
-from kernels import get_family
+from flashcore.autotune import Point
+from flashcore.autotune.core.toolchain import make_key
+from flashcore.autotune.cli.app import app
+from flashcore.cache import CacheStore, Entry, export_table
+from flashcore.kernels import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -205,8 +205,9 @@ def test_bad_cache_file_is_one_clear_line_for_every_command(tmp_path, kind, comm
 
 
 def test_no_pickle_eval_or_exec_in_the_cache_or_the_import_path():
-    sources = sorted((ROOT / "cache").glob("*.py")) + [ROOT / "autotune" / "_cli_tables.py",
-                                                       ROOT / "autotune" / "cli.py"]
+    sources = sorted((ROOT / "cache").glob("*.py")) + [ROOT / "autotune" / "cli" / "tables.py",
+                                                       ROOT / "autotune" / "cli" / "app.py",
+                                                       ROOT / "autotune" / "runtime" / "dispatch.py"]
     forbidden = re.compile(r"\b(pickle|cPickle|marshal|shelve|dill)\b|(?<![.\w])(eval|exec|compile|__import__)\s*\(|"
                            r"yaml\.(unsafe_)?load\b|execute_plugins\s*=\s*True")
     hits = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in sources

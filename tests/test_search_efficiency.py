@@ -13,15 +13,16 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-import kernels.launch
-from autotune import PROFILES, Point
-from autotune._study import Patience, Proposer, config_id, dominates
-from autotune._sweep import sweep, tune_point
-from autotune._toolchain import make_key
-from autotune.cli import app
-from cache import CacheStore, Entry
-from kernels import KernelCompileError, KernelResourceError, get_family
-from search_spaces import load_space
+from flashcore.kernels.attention_fwd import launch as fwd_launch
+from flashcore.autotune import PROFILES, Point
+from flashcore.autotune.tuning.search import Patience, Proposer, config_id, dominates
+from flashcore.autotune.tuning.sweep import sweep, tune_point
+from flashcore.autotune.core.toolchain import make_key
+from flashcore.autotune.cli.app import app
+from flashcore.cache import CacheStore, Entry
+from flashcore.kernels import KernelCompileError, KernelResourceError, get_family
+from flashcore.search_spaces import load_space
+from flashcore.autotune.tuning.options import Hooks, SweepOptions
 
 CPU = PROFILES["cpu"]
 SPACE = load_space("attention_fwd", "cpu")
@@ -62,7 +63,7 @@ def test_proposer_asks_only_valid_untried_configs_and_counts_the_rest():
 
 def test_a_sweep_records_no_invalid_rows(store):
     point = Point(1, 3, 77, 64, True)  # 12 of the 18 configs of the cpu space are valid
-    res = tune_point(point, profile=CPU, store=store, trials=4, seed=3, isolate=False)
+    res = tune_point(point, store, SweepOptions(profile=CPU, trials=4, seed=3, isolate=False))
     assert len(res.trials) == 4 and len(store.trials(res.key)) == 4
     assert not any(t.status == "invalid" for t in res.trials)
     assert all(not SPACE.violations(t.config, point, CPU) for t in res.trials)
@@ -87,7 +88,7 @@ def test_resources_failure_dominates_larger_tiles_and_stages_with_the_same_loads
 
 
 def test_resources_failure_prunes_before_compiling(store, monkeypatch):
-    real = kernels.launch.attention_fwd
+    real = fwd_launch.attention_fwd
     ran = set()  # each config's launches (the timed ones too)
 
     def small_smem(q, k, v, config, **kw):
@@ -96,8 +97,8 @@ def test_resources_failure_prunes_before_compiling(store, monkeypatch):
             raise KernelResourceError("OutOfResources: planted shared memory")
         return real(q, k, v, config, **kw)
 
-    monkeypatch.setattr(kernels.launch, "attention_fwd", small_smem)
-    res = tune_point(POINT, profile=CPU, store=store, trials=6, seed=0, isolate=False)
+    monkeypatch.setattr(fwd_launch, "attention_fwd", small_smem)
+    res = tune_point(POINT, store, SweepOptions(profile=CPU, trials=6, seed=0, isolate=False))
     # the default (M32 N32) fails first and prunes M32/M64 x N32/N64 but itself: only the N16 tiles and it run
     assert sorted(ran) == [(32, 16), (32, 32), (64, 16)]
     assert len(res.pruned) == 3
@@ -106,18 +107,18 @@ def test_resources_failure_prunes_before_compiling(store, monkeypatch):
 
 
 def test_a_failed_config_never_runs_again_across_resume_and_seeds(tmp_path, monkeypatch):
-    real = kernels.launch.attention_fwd
+    real = fwd_launch.attention_fwd
 
     def no_n16(q, k, v, config, **kw):
         if config["BLOCK_N"] == 16:
             raise KernelCompileError("CompilationError: planted")
         return real(q, k, v, config, **kw)
 
-    monkeypatch.setattr(kernels.launch, "attention_fwd", no_n16)
+    monkeypatch.setattr(fwd_launch, "attention_fwd", no_n16)
     with CacheStore.open(tmp_path / "c.db") as store:
-        first = tune_point(POINT, profile=CPU, store=store, trials=3, seed=0, isolate=False)
-        tune_point(POINT, profile=CPU, store=store, trials=6, seed=0, isolate=False)  # resumes the same study
-        other = tune_point(POINT, profile=CPU, store=store, trials=6, seed=1, isolate=False)  # another study
+        first = tune_point(POINT, store, SweepOptions(profile=CPU, trials=3, seed=0, isolate=False))
+        tune_point(POINT, store, SweepOptions(profile=CPU, trials=6, seed=0, isolate=False))  # resumes the same study
+        other = tune_point(POINT, store, SweepOptions(profile=CPU, trials=6, seed=1, isolate=False))  # another study
         rows = store.trials(first.key)
     failed = [config_id(t.config) for t in rows if t.status == "compile_error"]
     assert len(failed) == len(set(failed)) == 2  # M32 N16 and M64 N16, once each over three studies
@@ -141,10 +142,10 @@ def test_a_new_point_starts_from_its_nearest_tuned_neighbours(store):
     _winner(store, Point(1, 2, 512, 32), _config(BLOCK_M=32, BLOCK_N=64))     # 4th nearest: not used
     _winner(store, Point(2, 2, 64, 64), _config(BLOCK_M=32, BLOCK_N=16))      # another head dim
     _winner(store, Point(2, 2, 64, 32, True), _config(BLOCK_M=64, BLOCK_N=32))  # causal
-    res = tune_point(POINT, profile=CPU, store=store, trials=3, seed=0, isolate=False)
+    res = tune_point(POINT, store, SweepOptions(profile=CPU, trials=3, seed=0, isolate=False))
     assert [(t.config["BLOCK_M"], t.config["BLOCK_N"]) for t in res.trials] == [(64, 16), (64, 64), (32, 32)]
     assert res.trials[2].config == SPACE.default_for(POINT, CPU)  # then the space's default
-    cold = tune_point(POINT, profile=CPU, store=CacheStore.memory(), trials=1, seed=0, isolate=False)
+    cold = tune_point(POINT, CacheStore.memory(), SweepOptions(profile=CPU, trials=1, seed=0, isolate=False))
     assert cold.trials[0].config == SPACE.default_for(POINT, CPU)
 
 
@@ -167,8 +168,7 @@ def test_patience_counts_trials_since_the_last_real_gain():
 
 
 def test_patience_stops_a_point_and_it_keeps_its_winner(store):
-    res = tune_point(POINT, profile=CPU, store=store, trials=6, seed=0, isolate=False, patience=1,
-                     min_improvement=1.0)  # no trial can gain 100%: stop after the one following the first
+    res = tune_point(POINT, store, SweepOptions(profile=CPU, trials=6, seed=0, isolate=False, patience=1, min_improvement=1.0))  # no trial can gain 100%: stop after the one following the first
     assert len(res.trials) == 2 and res.stopped == "patience"
     assert res.best is not None and store.get_winner(res.key) is not None
 
@@ -176,14 +176,14 @@ def test_patience_stops_a_point_and_it_keeps_its_winner(store):
 def test_time_budget_defers_points_and_they_resume(tmp_path):
     points = [POINT, Point(1, 2, 64, 32, True)]
     with CacheStore.open(tmp_path / "c.db") as store:
-        late = sweep(points, profile=CPU, store=store, trials=2, isolate=False, time_budget_s=1e-9)
+        late = sweep(points, store, SweepOptions(profile=CPU, trials=2, isolate=False, time_budget_s=1e-9, kernels=("attention_fwd",)))
         assert [r.stopped for r in late] == ["time budget"] * 2 and not store.trials() and not store.winners()
         deadline = time.monotonic() + 0.2
-        cut = tune_point(POINT, profile=CPU, store=store, trials=3, isolate=False, deadline=deadline,
+        cut = tune_point(POINT, store, SweepOptions(profile=CPU, trials=3, isolate=False), deadline=deadline,
                          on_trial=lambda p, r: time.sleep(max(0.0, deadline - time.monotonic()) + 0.05))
         assert cut.stopped == "time budget" and len(cut.trials) == 1 and cut.best is None
         assert store.get_winner(cut.key) is None  # not tuned: the next sweep resumes it
-        done = sweep(points, profile=CPU, store=store, trials=3, isolate=False)
+        done = sweep(points, store, SweepOptions(profile=CPU, trials=3, isolate=False, kernels=("attention_fwd",)))
         assert done[0].resumed == 1 and len(done[0].trials) == 3 and all(r.best for r in done)
 
 

@@ -12,9 +12,10 @@ import math
 
 from typer.testing import CliRunner
 
-from autotune import PROFILES, Point
-from autotune._study import config_id, replay_random, replay_tpe, run_study, trials_to_target
-from autotune.cli import app
+from flashcore.autotune import PROFILES, Point
+from flashcore.autotune.evaluation.study_search import replay_random, replay_tpe, run_study, trials_to_target
+from flashcore.autotune.tuning.search import config_id
+from flashcore.autotune.cli.app import app
 
 CPU = PROFILES["cpu"]
 PARAMS = (("BLOCK_M", (16, 32, 64, 128)), ("BLOCK_N", (16, 32, 64, 128)), ("num_stages", (2, 3)))

@@ -4,12 +4,13 @@ Trials run in a worker process (the default) except where a test monkeypatches t
 
 import pytest
 
-import kernels.launch
-from autotune import PROFILES, Point, check
-from autotune._sweep import sweep, tune_point
-from cache import CacheStore
-from kernels import KernelCompileError, KernelResourceError
-from search_spaces import load_space
+from flashcore.kernels.attention_fwd import launch as fwd_launch
+from flashcore.autotune import PROFILES, Point, check
+from flashcore.autotune.tuning.sweep import sweep, tune_point
+from flashcore.cache import CacheStore
+from flashcore.kernels import KernelCompileError, KernelResourceError
+from flashcore.search_spaces import load_space
+from flashcore.autotune.tuning.options import SweepOptions
 
 CPU = PROFILES["cpu"]
 POINT = Point(1, 3, 77, 64, True)
@@ -22,7 +23,7 @@ def store():
 
 
 def test_tune_point_records_trials_and_keeps_the_fastest_passing(store):
-    res = tune_point(POINT, profile=CPU, store=store, trials=4, seed=0)
+    res = tune_point(POINT, store, SweepOptions(profile=CPU, trials=4, seed=0))
     measured = [t for t in res.trials if t.status != "invalid"]
     assert len(measured) == 4
     assert all(t.status == "ok" and t.rel_err < 2e-3 for t in measured)
@@ -39,7 +40,7 @@ def test_tune_point_records_trials_and_keeps_the_fastest_passing(store):
 
 
 def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
-    real = kernels.launch.attention_fwd
+    real = fwd_launch.attention_fwd
 
     def flaky(q, k, v, config, **kw):
         if config["BLOCK_N"] == 16:
@@ -51,9 +52,9 @@ def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
             out.mul_(1.01)  # wrong by 1%: must fail the gate
         return out
 
-    monkeypatch.setattr(kernels.launch, "attention_fwd", flaky)
+    monkeypatch.setattr(fwd_launch, "attention_fwd", flaky)
     # in this process (isolate=False): a spawned worker would not see the monkeypatch; 50 trials: all the space
-    res = tune_point(POINT, profile=CPU, store=store, trials=50, seed=0, isolate=False)
+    res = tune_point(POINT, store, SweepOptions(profile=CPU, trials=50, seed=0, isolate=False))
     by_status = {}
     for t in res.trials:
         by_status.setdefault(t.status, []).append(t)
@@ -70,31 +71,31 @@ def test_failing_configs_are_recorded_and_never_win(store, monkeypatch):
 
 
 def test_no_winner_when_nothing_passes(store, monkeypatch):
-    monkeypatch.setattr(kernels.launch, "attention_fwd", lambda q, k, v, config, out=None, **kw: out)
-    res = tune_point(POINT, profile=CPU, store=store, trials=3, seed=0, isolate=False)
+    monkeypatch.setattr(fwd_launch, "attention_fwd", lambda q, k, v, config, out=None, **kw: out)
+    res = tune_point(POINT, store, SweepOptions(profile=CPU, trials=3, seed=0, isolate=False))
     assert res.best is None and store.get_winner(res.key) is None
     assert {t.status for t in res.trials} <= {"gate_failed", "invalid"}
     assert any("never written" in t.reason for t in res.trials)
 
 
 def test_same_seed_proposes_the_same_configs(store):
-    a = tune_point(POINT, profile=CPU, store=store, trials=3, seed=7)
-    b = tune_point(POINT, profile=CPU, store=CacheStore.memory(), trials=3, seed=7)
+    a = tune_point(POINT, store, SweepOptions(profile=CPU, trials=3, seed=7))
+    b = tune_point(POINT, CacheStore.memory(), SweepOptions(profile=CPU, trials=3, seed=7))
     assert [t.config for t in a.trials] == [t.config for t in b.trials]
 
 
 def test_sweep_skips_tuned_points_unless_retune(store):
     points = [Point(1, 1, 20, 32), Point(1, 1, 20, 32, True)]
-    first = sweep(points, profile=CPU, store=store, trials=2)
+    first = sweep(points, store, SweepOptions(profile=CPU, trials=2, kernels=("attention_fwd",)))
     assert not any(r.skipped for r in first) and len(store.winners()) == 2
-    again = sweep(points, profile=CPU, store=store, trials=2)
+    again = sweep(points, store, SweepOptions(profile=CPU, trials=2, kernels=("attention_fwd",)))
     assert all(r.skipped and r.best is not None for r in again)
-    forced = sweep(points[:1], profile=CPU, store=store, trials=2, retune=True)
+    forced = sweep(points[:1], store, SweepOptions(profile=CPU, trials=2, retune=True, kernels=("attention_fwd",)))
     assert not forced[0].skipped
 
 
 def test_winner_only_replaced_by_a_faster_config(store):
-    res = tune_point(POINT, profile=CPU, store=store, trials=2, seed=0)
+    res = tune_point(POINT, store, SweepOptions(profile=CPU, trials=2, seed=0))
     best = store.get_winner(res.key)
     from dataclasses import replace
 

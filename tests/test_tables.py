@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import cache._tables
-from cache import (
+import flashcore.cache._tables
+from flashcore.cache import (
     FORMAT_VERSION,
     CacheError,
     CacheKey,
@@ -28,7 +28,7 @@ from cache import (
     write_csv,
     write_json,
 )
-from cache._tables import FIELDS
+from flashcore.cache._tables import FIELDS
 
 SQL_GPU = "x'); DROP TABLE winners;--"
 
@@ -37,14 +37,14 @@ def entries() -> list[Entry]:
     out = []
     for i, (dtype, causal) in enumerate([("float16", True), ("bfloat16", False), ("fp8", True)]):
         key = CacheKey(
-            gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.1.0", torch_version="2.5.1+cu124",
+            gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0", triton_version="3.1.0",
             kernel="attention_fwd", kernel_hash="9f86d081884c7d65", dtype=dtype, causal=causal,
             head_dim=64 * (i + 1), seq_len=1024 << i, batch=2, heads=16,
         )  # fmt: skip
         config = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4 << (i % 2), "num_stages": 3, "warp_spec": i == 1,
                   "schedule": "persistent"}  # fmt: skip
         out.append(Entry(key, config, 100.125 + i, 110.5 + i, 120.0 + i, 333.3, 1e-3 * (i + 1),
-                         f"2025-03-0{i + 1}T08:30:00+00:00"))  # fmt: skip
+                         f"2025-03-0{i + 1}T08:30:00+00:00", torch_version="2.5.1+cu124"))  # fmt: skip
     return out
 
 
@@ -63,7 +63,7 @@ def test_export_parse_round_trip_is_exact(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == text
     assert read_table(path) == original
     obj = json.loads(text)
-    assert obj["format_version"] == FORMAT_VERSION == 1
+    assert obj["format_version"] == FORMAT_VERSION == 2
     assert obj["provenance"] == {"host": "node-7"}
     assert all(list(item) == list(FIELDS) for item in obj["entries"])
     assert write_json(original, None) == write_json(original, None)  # deterministic
@@ -81,7 +81,7 @@ def test_round_trip_through_store(tmp_path: Path) -> None:
 
 def test_entry_to_dict_has_exactly_the_fields() -> None:
     item = entry_to_dict(entries()[0])
-    assert tuple(item) == FIELDS and len(FIELDS) == 19
+    assert tuple(item) == FIELDS and len(FIELDS) == 22
     item["config"]["BLOCK_M"] = 1  # a copy: the entry is not touched
     assert entries()[0].config["BLOCK_M"] == 128
 
@@ -184,7 +184,7 @@ HOSTILE = [
     pytest.param(_set("config", {f"k{i}": 1 for i in range(33)}), r"entries\[0\]\.config: expected at most 32",
                  id="config-too-many-keys"),
     pytest.param(_set("config", [1, 2]), r"entries\[0\]\.config: expected an object", id="config-not-object"),
-    pytest.param(_top("format_version", 7), r"unsupported format_version 7 \(this FlashCore reads 1\)",
+    pytest.param(_top("format_version", 7), r"unsupported format_version 7 \(this FlashCore reads 1 and 2\)",
                  id="unknown-format_version"),
     pytest.param(_top("format_version", True), r"format_version: expected an integer", id="format_version-bool"),
     pytest.param(lambda t: t.pop("format_version"), r"format_version: missing", id="no-format_version"),
@@ -266,7 +266,7 @@ def test_raw_file_contents(tmp_path: Path, content: bytes, message: str | None) 
 
 
 def test_too_many_entries_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache._tables, "MAX_ENTRIES", 2)
+    monkeypatch.setattr(flashcore.cache._tables, "MAX_ENTRIES", 2)
     with pytest.raises(TableError, match=r"entries: expected at most 2 entries, got 3"):
         parse_table(valid_table())
 
@@ -274,7 +274,7 @@ def test_too_many_entries_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_oversized_file_rejected_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.json"
     path.write_bytes(b" " * 2048)
-    monkeypatch.setattr(cache._tables, "MAX_FILE_BYTES", 1024)
+    monkeypatch.setattr(flashcore.cache._tables, "MAX_FILE_BYTES", 1024)
     monkeypatch.setattr(Path, "open", lambda *a, **k: pytest.fail("read an oversized file"))
     with pytest.raises(TableError, match=r"too large"):
         read_table(path)

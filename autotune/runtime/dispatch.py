@@ -1,0 +1,262 @@
+"""Run time: ``get_kernel(shape)`` serves the fastest correct candidate from the cache and never tunes.
+
+A candidate is a config of one of our kernel families or a backend (PyTorch's SDPA backends, FlashAttention-4):
+whatever a sweep found fastest and correct at the point. Lookup order: the point in the user's cache ("exact"),
+else in the tables shipped with the package under ``cache/tables/`` ("shipped"), else the closest tuned point
+of the same GPU, dtype, mask and head dim whose candidate can compute this problem ("nearest"), else the safe
+default config of our kernel ("default"). "nearest" and "default" lookups are recorded as misses next to the
+cache file (``autotune misses``). Only entries this process may serve are considered (``servable``: for our
+kernels the Triton version and the JIT source's hash, for a backend the torch and library builds). The cache
+file is read once per process; after the first call for a shape, get_kernel is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flashcore.cache import CacheError, CacheStore, Entry
+from flashcore.kernels import ensure_backend, families, get_family
+
+from ..core.problem import Point, distance, dtype_name
+from ..core.profiles import CPU_GPU_NAME, PROFILES, cuda_device, serving_profile
+from ..core.toolchain import servable
+from .misses import record_miss
+from .paths import resolve_db
+
+OWN = "own"  # get_kernel(kernel="own"): our kernels only, no backend
+DEFAULT_FAMILIES = ("attention_fwd", "attention_kv")  # what "default" serves, the first that can
+
+
+class TunedKernel:
+    """A candidate bound to one config. Call it as ``kernel(q, k, v, sm_scale=None) -> out``.
+
+    ``.kernel`` names the candidate (a kernel family, or a backend such as "sdpa_cudnn"), ``.config`` is its
+    config dict, ``.source`` says where it came from ("exact", "shipped", "nearest", "default"), ``.entry`` is
+    the cache entry it came from (None for "default").
+    """
+
+    __slots__ = ("config", "source", "entry", "causal", "kernel", "lower_right", "_launch")
+
+    def __init__(self, config: dict[str, Any], source: str, entry: Entry | None, causal: bool, kernel: str,
+                 lower_right: bool = False):
+        self.config = config
+        self.source = source
+        self.entry = entry
+        self.causal = causal
+        self.kernel = kernel
+        self.lower_right = lower_right
+        self._launch = None
+
+    @property
+    def backend(self) -> bool:
+        """Whether this is a backend (PyTorch SDPA, FlashAttention-4) rather than one of our kernels."""
+        return get_family(self.kernel).kind == "backend"
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None):
+        launch = self._launch
+        if launch is None:
+            launch = self._launch = self._launcher()
+        return launch(q, k, v, sm_scale)
+
+    def _launcher(self):
+        """``(q, k, v, sm_scale) -> out``: what the family serves (``KernelFamily.serving_fn``), bound to the config."""
+        family = get_family(self.kernel)
+        if family.lengths == "any" and self.lower_right:
+            launch = family.launch()
+            config, causal = self.config, self.causal
+            return lambda q, k, v, sm_scale=None: launch(q, k, v, config, causal=causal, sm_scale=sm_scale,
+                                                         lower_right=True)
+        return family.serving_fn(self.config, self.causal)
+
+    def __repr__(self) -> str:
+        return f"TunedKernel(kernel={self.kernel!r}, source={self.source!r}, config={self.config!r})"
+
+
+@dataclass
+class _Index:
+    exact: dict[tuple, list[Entry]] = field(default_factory=dict)  # point -> every candidate's entry there
+    groups: dict[tuple, list[Entry]] = field(default_factory=dict)  # (gpu, dtype, mask, D) -> entries
+
+
+_INDEXES: dict[str, _Index] = {}
+_MEMO: dict[tuple, TunedKernel] = {}
+
+
+def get_kernel(shape: Sequence[int], dtype: torch.dtype | str = torch.float16, causal: bool = False,
+               gpu: str | None = None, db: str | os.PathLike | None = None, kernel: str | None = None, *,
+               kv_heads: int | None = None, kv_len: int | None = None, lower_right: bool = False) -> TunedKernel:
+    """The tuned candidate for q of ``shape`` = (B, Hq, L, D) and k, v of (B, ``kv_heads``, ``kv_len``, D).
+
+    ``kv_heads`` / ``kv_len`` default to Hq / L; ``lower_right`` aligns the causal mask bottom-right (as
+    ``causal_lower_right(L, S)``; SDPA's ``is_causal`` is top-left). ``kernel``: None serves the fastest
+    candidate (ours or a backend), "own" our kernels only, a family name only that family. ``gpu``: None reads
+    the current device (the CPU interpreter without one), a profile name ("h100") matches any device of that
+    profile, anything else is an exact device name. ``db``: the cache file (default: $AUTOTUNE_DB, else the user
+    cache directory).
+    """
+    memo_key = (tuple(shape), dtype, causal, gpu, db, kernel, kv_heads or shape[1], kv_len or shape[2], lower_right)
+    hit = _MEMO.get(memo_key)
+    if hit is None:
+        if len(shape) != 4 or min(int(x) for x in shape) < 1:
+            raise ValueError(f"shape must be (B, H, S, D) of positive ints; got {tuple(shape)}")
+        b, h, s, d = (int(x) for x in shape)
+        point = Point(b, h, s, d, bool(causal), dtype_name(dtype), int(kv_heads or h), int(kv_len or s),
+                      bool(lower_right))
+        if point.heads % point.kv_heads:
+            raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({point.kv_heads})")
+        hit = _MEMO[memo_key] = _lookup(point, gpu, db, kernel)
+    return hit
+
+
+def clear_cache() -> None:
+    """Forget what was read from cache files (call after a sweep wrote new winners in this process) and the
+    fast launch path's recorded launches."""
+    _INDEXES.clear()
+    _MEMO.clear()
+    import sys
+
+    fast = sys.modules.get("flashcore.kernels.attention_fwd.fastlaunch")  # only if it was ever loaded
+    if fast is not None:
+        fast.clear_cache()
+
+
+def _allowed(kernel: str | None, point: Point) -> set[str]:
+    if kernel is not None and kernel != OWN:
+        get_family(kernel)  # KeyError naming the families
+        return {kernel}
+    fp8 = point.dtype.startswith("fp8")
+    return {f.name for f in families() if (kernel is None or f.kind != "backend")
+            and (("fp8" in f.dtypes) == fp8)}
+
+
+def _can_serve(entry: Entry, point: Point, allowed: set[str]) -> bool:
+    if entry.key.kernel not in allowed:
+        return False
+    family = get_family(entry.key.kernel)
+    return family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len, point.head_dim) is None
+
+
+def _exact_key(gpu: str, p: Point) -> tuple:
+    return (gpu, p.dtype, p.causal, p.lower_right, p.head_dim, p.seq_len, p.kv_len, p.batch, p.heads, p.kv_heads)
+
+
+def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKernel:
+    allowed = _allowed(kernel, point)
+    path = str(resolve_db(db))
+    indexes = (("exact", _index(path)), ("shipped", _shipped()))
+    names = _gpu_names(gpu, *(ix for _, ix in indexes))
+    for source, index in indexes:
+        found = [e for name in names for e in index.exact.get(_exact_key(name, point), ())
+                 if _can_serve(e, point, allowed)]
+        if found:
+            entry = min(found, key=lambda e: e.median_us)
+            return TunedKernel(dict(entry.config), source, entry, point.causal, entry.key.kernel, point.lower_right)
+    near = [(rank, e) for rank, (_, index) in enumerate(indexes) for name in names
+            for e in index.groups.get((name, point.dtype, point.mask, point.head_dim), ())
+            if _can_serve(e, point, allowed)]
+    if near:
+        closest = min(distance(e.key, point) for _, e in near)
+        ties = [(rank, e) for rank, e in near if distance(e.key, point) == closest]
+        _, entry = min(ties, key=lambda r: (r[0], r[1].median_us))
+        found = TunedKernel(dict(entry.config), "nearest", entry, point.causal, entry.key.kernel, point.lower_right)
+    else:
+        found = _default(point, names, allowed)
+    record_miss(path, shape=(point.batch, point.heads, point.seq_len, point.head_dim), dtype=point.dtype,
+                causal=point.causal, gpu=names[0] if names else str(gpu), kernel=found.kernel, source=found.source,
+                kv_heads=point.kv_heads, kv_len=point.kv_len, lower_right=point.lower_right)
+    return found
+
+
+def _default(point: Point, names: list[str], allowed: set[str]) -> TunedKernel:
+    """The safe default config of the first of our kernels that can compute ``point``."""
+    from flashcore.search_spaces import load_space
+
+    ensure_backend()
+    profile = serving_profile(names[0]) if names else PROFILES["cpu"]
+    fp8 = point.dtype.startswith("fp8")
+    order = [n for n in allowed if get_family(n).kind != "backend"] if fp8 or len(allowed) == 1 else [
+        n for n in DEFAULT_FAMILIES if n in allowed]
+    for name in order:
+        family = get_family(name)
+        if family.space and family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len,
+                                            point.head_dim) is None:
+            space = load_space(family.space, "cpu" if profile.interpreter else "default")
+            return TunedKernel(space.default_for(point, profile), "default", None, point.causal, name,
+                               point.lower_right)
+    raise ValueError(f"no kernel of {sorted(allowed)} can compute {point.label}")
+
+
+def _gpu_names(gpu: str | None, *indexes: _Index) -> list[str]:
+    if gpu is None:
+        device = cuda_device()
+        return [device[0] if device else CPU_GPU_NAME]
+    if gpu in PROFILES:
+        profile = PROFILES[gpu]
+        if profile.interpreter:
+            return [CPU_GPU_NAME]
+        known = sorted({key[0] for index in indexes for key in index.exact})
+        return [n for n in known if any(m in n for m in profile.match)]
+    return [gpu]
+
+
+def _index(path: str) -> _Index:
+    index = _INDEXES.get(path)
+    if index is not None:
+        return index
+    index = _INDEXES[path] = _Index()
+    if not Path(path).exists():
+        return index
+    try:
+        with CacheStore.open(path) as store:
+            entries = store.winners()
+    except CacheError as exc:
+        warnings.warn(f"FlashCore: ignoring the tuning cache: {exc}", RuntimeWarning, stacklevel=4)
+        return index
+    return _fill(index, entries)
+
+
+def _shipped() -> _Index:
+    """The tables installed with the package (cache/tables/*.json) that this process may serve."""
+    index = _INDEXES.get("<shipped>")
+    if index is not None:
+        return index
+    from flashcore.cache import parse_table
+
+    entries = []
+    for name, text in shipped_tables():
+        try:
+            entries += parse_table(json.loads(text))
+        except (CacheError, ValueError) as exc:
+            warnings.warn(f"FlashCore: ignoring shipped table {name}: {exc}", RuntimeWarning, stacklevel=4)
+    index = _INDEXES["<shipped>"] = _fill(_Index(), entries)
+    return index
+
+
+def shipped_tables() -> list[tuple[str, str]]:
+    """(file name, JSON text) of every table under the installed ``cache/tables/``."""
+    from importlib import resources
+
+    folder = resources.files("flashcore.cache").joinpath("tables")
+    return [(item.name, item.read_text(encoding="utf-8"))
+            for item in sorted(folder.iterdir(), key=lambda p: p.name) if item.name.endswith(".json")]
+
+
+def _fill(index: _Index, entries) -> _Index:
+    known = {f.name: f for f in families()}
+    for e in entries:
+        k = e.key
+        family = known.get(k.kernel)
+        if family is None or not servable(k, family):
+            continue
+        point = Point(k.batch, k.heads, k.seq_len, k.head_dim, k.causal, k.dtype, k.kv_heads, k.kv_len, k.lower_right)
+        index.exact.setdefault(_exact_key(k.gpu, point), []).append(e)
+        index.groups.setdefault((k.gpu, k.dtype, point.mask, k.head_dim), []).append(e)
+    return index

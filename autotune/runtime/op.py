@@ -1,0 +1,137 @@
+"""A drop-in for ``torch.nn.functional.scaled_dot_product_attention`` backed by the tuned candidates.
+
+``attention(q, k, v, ...)`` takes SDPA's arguments and returns SDPA's result for what the candidates support:
+q (B, Hq, L, D), k and v (B, Hkv, S, D), grouped-query heads with ``enable_gqa=True`` (as SDPA), L != S,
+``is_causal=True`` (SDPA's top-left aligned mask) and ``attn_mask=causal_lower_right(L, S)`` or
+``causal_upper_left(L, S)`` (``torch.nn.attention.bias``), which are served without materializing a mask.
+Anything else (other masks, dropout, fp32, gradients) falls back to SDPA itself (never to a wrong answer), or
+raises with ``strict=True``. The tuned path is the custom op ``torch.ops.flashcore.attention`` (registered
+when this module is first imported, with a fake implementation), so it works inside
+``torch.compile(fullgraph=True)``. In plain eager mode (``_eager``: not compiling, plain tensors, no dispatch
+or torch-function mode, functorch transform, JIT trace or profiler) ``attention`` calls the op's
+implementation directly: the op's Python dispatch would cost more host time than the kernel launch itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from flashcore.kernels import KernelInputError, families
+from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
+
+from .dispatch import get_kernel
+
+_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class UnsupportedAttention(ValueError):
+    """Raised by ``attention(..., strict=True)`` for inputs the tuned candidates do not support."""
+
+
+def _attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float | None,
+                    lower_right: bool = False) -> torch.Tensor:
+    kernel = get_kernel(q.shape, q.dtype, is_causal, kv_heads=k.shape[1], kv_len=k.shape[2],
+                        lower_right=lower_right)
+    return kernel(q, k, v, sm_scale=scale)
+
+
+_attention_op = torch.library.custom_op("flashcore::attention", _attention_impl, mutates_args=())
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, is_causal, scale, lower_right=False):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _causal_bias(attn_mask) -> bool | None:
+    """For a ``torch.nn.attention.bias.CausalBias``: True if aligned bottom-right, False if top-left; else None."""
+    if attn_mask is None or isinstance(attn_mask, torch.Tensor):
+        return None
+    from torch.nn.attention.bias import CausalBias, CausalVariant
+
+    if not isinstance(attn_mask, CausalBias):
+        return None
+    return attn_mask.variant == CausalVariant.LOWER_RIGHT
+
+
+def _any_lengths() -> bool:
+    return any(f.lengths == "any" and f.kind != "backend" for f in families())
+
+
+def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False, is_causal=False) -> str | None:
+    """Why the tuned candidates cannot compute this call exactly as SDPA would, or None when they can."""
+    # The common supported call (CUDA, no extras, one length, as many kv heads as query heads) in one pass.
+    # Together these conditions imply that every check below passes.
+    if attn_mask is None and not dropout_p and q.is_cuda:
+        shape = q.shape
+        if (len(shape) == 4 and k.shape == shape and v.shape == shape and 1 <= shape[3] <= MAX_HEAD_DIM
+                and min(shape) >= 1):
+            dtype = q.dtype
+            if (dtype in _DTYPES and k.dtype == dtype and v.dtype == dtype
+                    and k.device == q.device and v.device == q.device
+                    and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
+                return None
+    return _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal)
+
+
+def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal) -> str | None:
+    if attn_mask is not None:
+        bias = _causal_bias(attn_mask)
+        if bias is None:
+            return "attention masks other than causal_lower_right / causal_upper_left are not supported"
+        if is_causal:
+            return "is_causal together with a causal bias (SDPA refuses it too)"
+        if q.dim() == 4 and k.dim() == 4 and (attn_mask.seq_len_q, attn_mask.seq_len_kv) != (q.shape[2], k.shape[2]):
+            return "the causal bias's lengths differ from q's and k's"
+    if dropout_p:
+        return "dropout is not supported"
+    if q.dim() == 4 and k.dim() == 4 and k.shape[1] != q.shape[1] and not enable_gqa:
+        return "q and k have different head counts but enable_gqa is False (SDPA refuses it)"
+    if q.dtype not in _DTYPES:
+        return f"dtype {q.dtype} is not supported (float16, bfloat16)"
+    if q.dim() == 4 and k.dim() == 4 and q.shape[2] != k.shape[2] and not _any_lengths():
+        return "q and k of different lengths need the attention_kv kernel, which is not installed"
+    try:
+        check_qkv(q, k, v, same_length=False)
+    except KernelInputError as exc:
+        return str(exc)
+    if attn_mask is not None and _causal_bias(attn_mask) and q.shape[2] > k.shape[2]:
+        return "a bottom-right causal mask with more queries than keys leaves rows without keys"
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return "backward is not implemented"
+    return None
+
+
+_Tensor = torch.Tensor
+
+
+def _eager(q, k, v) -> bool:
+    """Whether calling the op's implementation directly is the same as calling the op: plain eager mode with
+    plain tensors, nothing that traces, transforms, intercepts or profiles torch calls."""
+    return (not torch.compiler.is_compiling() and type(q) is _Tensor and type(k) is _Tensor and type(v) is _Tensor
+            and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._functorch.peek_interpreter_stack() is None and not torch._C._get_tracing_state()
+            and not torch.autograd._profiler_enabled())
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
+              is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False, *,
+              strict: bool = False) -> torch.Tensor:
+    """``scaled_dot_product_attention`` with the tuned candidate where supported, SDPA elsewhere.
+
+    ``strict=True`` raises UnsupportedAttention naming what is unsupported instead of falling back.
+    """
+    reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal)
+    if reason is None:
+        lower_right = False
+        if attn_mask is not None:  # a CausalBias (checked above): no mask is materialized
+            lower_right = bool(_causal_bias(attn_mask)) and q.shape[2] != k.shape[2]
+            is_causal = True
+        if _eager(q, k, v):
+            return _attention_impl(q, k, v, bool(is_causal), scale, lower_right)
+        return torch.ops.flashcore.attention(q, k, v, bool(is_causal), scale, lower_right)
+    if strict:
+        raise UnsupportedAttention(reason)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale, enable_gqa=enable_gqa)

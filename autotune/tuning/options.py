@@ -1,0 +1,98 @@
+"""What a sweep is asked to do (one options object for ``tune_point`` and ``sweep``), and which candidates compete at
+a point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flashcore.cache import base_dtype
+from flashcore.kernels import KernelFamily, families, get_family
+
+from ..core.problem import Point
+from ..core.profiles import GpuProfile
+
+DEFAULT_TRIALS = {"gpu": 30, "cpu": 6}
+# Our kernels in the order "default" serves them; on the interpreter a point is tuned with the first that can
+# compute it (its timings say nothing about speed, so comparing families there would only cost time).
+INTERPRETER_ORDER = ("attention_fwd", "attention_kv")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How to tune: the target, the search budget, the timing, isolation and where studies live.
+
+    ``kernels``: the candidates to tune (names of kernel families or backends); None: every one of ours that can
+    compute a point in its dtype on this profile, and on a GPU the backends too (PyTorch SDPA's cuDNN, flash
+    and memory-efficient backends; FlashAttention-4 where installed). ``trials`` measured configs per point and
+    candidate (None: 30 on a GPU, 6 in the interpreter). ``patience`` / ``min_improvement``: stop a study when its
+    best has not improved by more than that fraction over that many measured trials. ``time_budget_s``: no
+    trial starts after it. ``isolate=False`` runs trials in this process (tests only). ``storage``: the Optuna
+    storage (``storage.make_storage``), default a journal next to the cache. ``compile_workers``: processes
+    compiling configs ahead of timing (None: one per core but one, on a GPU).
+    """
+
+    profile: GpuProfile
+    trials: int | None = None
+    seed: int = 0
+    kernels: tuple[str | KernelFamily, ...] | None = None
+    retune: bool = False
+    rep_ms: int = 100
+    isolate: bool = True
+    trial_timeout_s: float | None = None
+    patience: int | None = None
+    min_improvement: float = 0.02
+    time_budget_s: float | None = None
+    warm_start: bool = True
+    storage: Any = None
+    compile_workers: int | None = None
+    poll_s: float = 1.0
+
+    @property
+    def n_trials(self) -> int:
+        return self.trials or DEFAULT_TRIALS["cpu" if self.profile.interpreter else "gpu"]
+
+    def candidates(self, point: Point) -> list[KernelFamily]:
+        """The candidates that compete at ``point``: ``kernels`` (or the defaults above) that take its dtype and
+        problem on this profile, in a stable order (ours first, then the backends)."""
+        chosen = ([k if isinstance(k, KernelFamily) else get_family(k) for k in self.kernels] if self.kernels
+                  else families())
+        out = [f for f in chosen if takes(f, point, self.profile)]
+        if not self.kernels and self.profile.interpreter:
+            ours = sorted((f for f in out if f.kind != "backend"),
+                          key=lambda f: INTERPRETER_ORDER.index(f.name) if f.name in INTERPRETER_ORDER else 99)
+            out = ours[:1]
+        return sorted(out, key=lambda f: f.kind == "backend")
+
+
+def takes(family: KernelFamily, point: Point, profile: GpuProfile) -> bool:
+    """Whether ``family`` can compute ``point`` on ``profile``: its dtype, its problem (grouped-query heads,
+    lengths), the architecture (backends and Hopper-only families need a GPU that has them)."""
+    try:
+        dtype = base_dtype(point.dtype)
+    except ValueError:
+        return False
+    if dtype not in family.dtypes:
+        return False
+    if family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len, point.head_dim):
+        return False
+    if profile.interpreter:  # Triton's interpreter runs plain Triton kernels only
+        return family.kind != "backend" and _cc(family.min_cc) <= (8, 0)
+    return _cc(profile.compute_capability) >= _cc(family.min_cc)
+
+
+def _cc(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+@dataclass
+class Hooks:
+    """What a front end follows: ``on_point(point, index)`` when a point starts, ``on_trial(point, record)`` after
+    each trial, ``on_done(result)`` per point and candidate, ``on_wait(point)`` when another process holds it."""
+
+    on_point: Callable[[Point, int], None] | None = None
+    on_trial: Callable[[Point, Any], None] | None = None
+    on_done: Callable[[Any], None] | None = None
+    on_wait: Callable[[Point], None] | None = None
