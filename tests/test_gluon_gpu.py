@@ -95,6 +95,13 @@ def test_strided_inputs_and_output(variant):
     _check(smoke.config_of(variant), [SHAPES[0], SHAPES[3]], bshd=True)
 
 
+@pytest.mark.parametrize("variant", ["default", "persistent+pingpong+overlap", "one-consumer+overlap"])
+def test_reads_and_writes_stay_within_s(variant):
+    """Inputs and output are views over buffers with NaN rows after S in every head: a tile that read past S
+    (instead of the descriptor's zero fill) gives NaNs, one that wrote past S changes the guard rows."""
+    _check(smoke.config_of(variant), [SHAPES[0], SHAPES[2], SHAPES[5]], guard=True)
+
+
 def test_sm_scale_is_honoured():
     _check(smoke.config_of("default"), [SHAPES[1]], sm_scale=0.3)
 

@@ -5,11 +5,12 @@ launcher would pass (from ``meta`` tensors: no memory, no device), compiles with
 target ``cuda:90`` (Triton picks sm_90a: wgmma and setmaxnreg need it), then runs the wheel's ``ptxas -v`` on the
 PTX for the register and spill figures (Triton does not keep them without loading the cubin on a GPU).
 
-Returns ``{"regs", "spills", "shared", "setmaxnreg", "maxnreg", "compile_s"}``: regs is what ptxas allocates per
-thread at launch (the kernel's .maxnreg; partitions then move registers with setmaxnreg), spills the bytes spilled
-(stores + loads), shared the bytes of shared memory per CTA, setmaxnreg the sorted distinct setmaxnreg counts in
-the PTX (``bool(...)`` says whether warp specialization gave registers back). Raises the launcher's typed
-KernelError (KernelInputError for a bad config or shape, KernelCompileError when Triton or ptxas fail).
+Returns ``{"regs", "spills", "shared", "setmaxnreg", "setmaxnreg_counts", "maxnreg", "compile_s"}``: regs is what
+ptxas allocates per thread at launch (the kernel's .maxnreg; partitions then move registers with setmaxnreg),
+spills the bytes spilled (stores + loads), shared the bytes of shared memory per CTA, setmaxnreg whether the PTX
+has setmaxnreg (warp specialization gave registers back), setmaxnreg_counts its sorted distinct counts. Raises
+the launcher's typed KernelError (KernelInputError for a bad config or shape, KernelCompileError when Triton or
+ptxas fail).
 
 Works with TRITON_INTERPRET=1 set (``gluon.jit`` ignores it; Triton compiles for the target it is given), so it
 runs inside the test process. Also a CLI: ``python -m kernels.attention_gluon.compile [--d 128] [--causal]``.
@@ -95,11 +96,13 @@ def compile_info(shape: Sequence[int], dtype: torch.dtype, causal: bool, config:
     ptx = kernel.asm["ptx"]
     regs, spills = ptxas_report(ptx)
     maxnreg = re.search(r"\.maxnreg\s+(\d+)", ptx)
+    counts = sorted({int(n) for n in _SETMAXNREG.findall(ptx)})
     return {
         "regs": regs,
         "spills": spills,
         "shared": int(kernel.metadata.shared),
-        "setmaxnreg": sorted({int(n) for n in _SETMAXNREG.findall(ptx)}),
+        "setmaxnreg": bool(counts),
+        "setmaxnreg_counts": counts,
         "maxnreg": int(maxnreg.group(1)) if maxnreg else None,
         "compile_s": round(time.perf_counter() - start, 2),
     }

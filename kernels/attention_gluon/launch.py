@@ -12,6 +12,7 @@ Descriptors need a unit last stride and 16-byte aligned base and strides; inputs
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -99,19 +100,16 @@ def attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: M
 def kernel_args(q, k, v, out, cfg: Mapping[str, Any], causal: bool, sm_scale: float | None):
     """(grid, positional args, keyword args) of ``attn_fwd_ws`` for these tensors and a normalized config.
     Works on CPU or meta tensors too (compile keys, tests): only the persistent grid asks the device."""
-    from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     b, hq, s, d = q.shape
     hkv = k.shape[1]
     scale = 1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)
-    elt = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
     block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
 
     def desc(t, rows):
         box = [1, 1, rows, d]
-        layout = gl.NVMMASharedLayout.get_default_for(box, elt)
-        return TensorDescriptor(t, list(t.shape), list(_strides(t)), box, layout)
+        return TensorDescriptor(t, list(t.shape), list(_strides(t)), box, _box_layout(rows, d, q.dtype))
 
     tile_m = block_m * cfg["CONSUMERS"]
     num_m = -(-s // tile_m)
@@ -126,6 +124,15 @@ def kernel_args(q, k, v, out, cfg: Mapping[str, Any], causal: bool, sm_scale: fl
                   OVERLAP=cfg["OVERLAP"], PRODUCER_REGS=cfg["PRODUCER_REGS"], CONSUMER_REGS=cfg["CONSUMER_REGS"],
                   num_warps=4, maxnreg=register_split(cfg)["maxnreg"])
     return grid, args, kwargs
+
+
+@functools.cache
+def _box_layout(rows: int, d: int, dtype: torch.dtype):
+    """The shared-memory layout (swizzle) of a [1, 1, rows, d] TMA box: the widest the row allows."""
+    from triton.experimental.gluon import language as gl
+
+    elt = gl.float16 if dtype == torch.float16 else gl.bfloat16
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, d], elt)
 
 
 def _aligned_copy(t: torch.Tensor) -> torch.Tensor:

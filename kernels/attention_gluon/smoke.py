@@ -74,10 +74,11 @@ def shape_id(shape) -> str:
 
 # --- child processes (these touch the GPU) ------------------------------------------------------------------
 
-def make_inputs(shape, planted: bool, seed: int = 0, bshd: bool = False):
+def make_inputs(shape, planted: bool, seed: int = 0, bshd: bool = False, guard: bool = False):
     """q (B, Hq, S, D), k and v (B, Hkv, S, D) on the GPU: N(0, 1), with a few query/key rows x8 and a value
     row x4 when ``planted`` (logits beyond exp's range without the running max; large outputs). ``bshd``:
-    each is a (B, S, H, D) tensor seen through ``transpose(1, 2)`` (strided, still TMA-ready)."""
+    each is a (B, S, H, D) tensor seen through ``transpose(1, 2)`` (strided, still TMA-ready); ``guard``: each is
+    followed by NaN rows past S in its head (``guarded``)."""
     import torch
 
     b, hq, hkv, s, d, _, dtype = shape
@@ -93,13 +94,32 @@ def make_inputs(shape, planted: bool, seed: int = 0, bshd: bool = False):
     dt = getattr(torch, dtype)
     if bshd:
         return tuple(x.transpose(1, 2).to(device="cuda", dtype=dt).transpose(1, 2) for x in (q, k, v))
+    if guard:
+        return tuple(guarded(x.to(device="cuda", dtype=dt)) for x in (q, k, v))
     return tuple(x.to(device="cuda", dtype=dt) for x in (q, k, v))
 
 
-def poisoned_output(q, strided: bool):
-    """NaN-filled output like q; ``strided``: a view whose head stride (D + 1 elements) no descriptor takes."""
+GUARD_ROWS = 64
+
+
+def guarded(x):
+    """``x`` copied into the first S rows of a NaN-filled (B, H, S + GUARD_ROWS, D) buffer (a TMA-ready view):
+    a kernel that reads past S gets NaNs, one that writes past S changes the guard rows."""
     import torch
 
+    b, h, s, d = x.shape
+    buf = torch.full((b, h, s + GUARD_ROWS, d), float("nan"), dtype=x.dtype, device=x.device)
+    buf[:, :, :s] = x
+    return buf[:, :, :s]
+
+
+def poisoned_output(q, strided: bool, guard: bool = False):
+    """NaN-filled output like q; ``strided``: a view whose head stride (D + 1 elements) no descriptor takes;
+    ``guard``: followed by NaN guard rows past S in each head (``guarded``)."""
+    import torch
+
+    if guard:
+        return guarded(torch.full_like(q, float("nan")))
     if not strided:
         return torch.full_like(q, float("nan"))
     b, h, s, d = q.shape
@@ -154,7 +174,7 @@ def run_child(job: dict) -> None:
     from .._errors import KernelError
     from .launch import attention_gluon
 
-    config, sm_scale, bshd = job["config"], job.get("sm_scale"), job.get("bshd", False)
+    config, sm_scale, bshd, guard = job["config"], job.get("sm_scale"), job.get("bshd", False), job.get("guard", False)
     for shape in job["shapes"]:
         shape = tuple(shape)
         record = {"shape": list(shape)}
@@ -162,9 +182,9 @@ def run_child(job: dict) -> None:
         if reason:
             print(json.dumps({**record, "status": "skip", "reason": reason}), flush=True)
             continue
-        q, k, v = make_inputs(shape, job.get("planted", True), bshd=bshd)
+        q, k, v = make_inputs(shape, job.get("planted", True), bshd=bshd, guard=guard)
         causal = shape[5]
-        out = poisoned_output(q, strided=bshd)
+        out = poisoned_output(q, strided=bshd, guard=guard)
         try:
             attention_gluon(q, k, v, config, causal=causal, out=out, sm_scale=sm_scale)
             torch.cuda.synchronize()  # a hang stops here; the parent's timeout kills us
@@ -172,7 +192,13 @@ def run_child(job: dict) -> None:
             print(json.dumps({**record, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}), flush=True)
             continue
         ref = reference(q, k, v, causal, sm_scale)
-        print(json.dumps({**record, **verdict(out, ref, shape[6])}), flush=True)
+        result = verdict(out, ref, shape[6])
+        if guard:  # the GUARD_ROWS rows after S of each head (the same storage, past the view) must still be NaN
+            b, h, s, d = out.shape
+            rows = out.as_strided((b, h, GUARD_ROWS, d), out.stride(), out.storage_offset() + s * out.stride(2))
+            if not bool(torch.isnan(rows).all()):
+                result = {**result, "status": "wrong", "reason": "wrote rows past S"}
+        print(json.dumps({**record, **result}), flush=True)
 
 
 def run_bench(job: dict) -> None:
@@ -252,7 +278,8 @@ def check_variant(variant: str, shapes, timeout: float) -> list[dict]:
 
 def describe(r: dict) -> str:
     if r["status"] == "wrong":
-        return f"WRONG rel={r['rel']:.2e} max={r['max_abs']:.2e} outside={r['outside']} nonfinite={r['nonfinite']}"
+        why = f" ({r['reason']})" if r.get("reason") else ""
+        return f"WRONG rel={r['rel']:.2e} max={r['max_abs']:.2e} outside={r['outside']} nonfinite={r['nonfinite']}{why}"
     if r["status"] == "ok":
         return f"ok rel={r['rel']:.2e}"
     head, _, rest = r["status"].partition(":")
