@@ -7,7 +7,7 @@ head's keys and values (its kv head under grouped-query attention) in blocks of 
 - consumer 1 (CONSUMERS == 2): a 4-warp worker, rows [m0 + BLOCK_M, m0 + 2 * BLOCK_M);
 - producer: a 1-warp worker that only issues TMA loads of K and V into a ring of STAGES shared buffers, with
   its registers cut to PRODUCER_REGS (``setmaxnreg``); the consumer worker asks for CONSUMER_REGS and the
-  default partition gets what is left (see launch.py for the budget).
+  default partition gets what is left (rules.register_split has the budget).
 
 Each consumer loads its own Q tile with TMA, runs S = Q Kᵀ and O += P V with ``warpgroup_mma`` (P stays in
 registers as the A operand), an fp32 online softmax with exp2 and the scale folded in, and stores O through its
@@ -28,9 +28,13 @@ first wait on parity 1 passes at once):
 All three partitions walk the same tile sequence and compute the same n_blocks per tile, so every ring slot
 filled is consumed by both consumers and the ring counters (index, phase) stay in step across tiles.
 
-Compile-time variants: OVERLAP (issue Q K_{j+1}ᵀ before the softmax of block j+1 overlaps P_j V_j, FA3's
-intra-warpgroup overlap), PINGPONG (consumers take turns on the tensor cores), PERSISTENT (grid-stride loop
-over tiles), CAUSAL. Causal masking is applied only to blocks that touch the diagonal or the sequence end.
+tests/test_gluon_compile.py replays this protocol in a model under random schedules (deadlock, phase aliasing,
+buffer hazards); keep the two in step when changing either.
+
+Compile-time variants: OVERLAP (Q K_{j+1}ᵀ and P_j V_j are issued together and the softmax of block j+1 runs
+while P_j V_j is on the tensor cores: FA3's intra-warpgroup overlap), PINGPONG (consumers take turns on the
+tensor cores), PERSISTENT (grid-stride loop over tiles), CAUSAL. Causal masking is applied only to blocks that
+touch the diagonal or the sequence end.
 """
 
 from triton.experimental import gluon
