@@ -5,7 +5,7 @@
   time for the call to return on the host, averaged over many calls with the GPU otherwise idle, in eager mode
   and as one CUDA graph replay.
 - Where that time goes (host_us): "attention_op" (through the custom op's dispatch, as under torch.compile),
-  "kernel_call" (the served TunedKernel alone: the fast launcher of kernels/_fastlaunch.py) and "launcher"
+  "kernel_call" (the served TunedKernel alone: the fast launcher of kernels/attention_fwd/fastlaunch.py) and "launcher"
   (kernels.launch.attention_fwd, the normal launcher, with the same config); "fast_launch" counts the fast
   launcher's hits, misses and fallbacks over the run.
 Writes JSON with provenance (GPU, torch, triton, commit, date).
@@ -17,16 +17,15 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import flashcore.autotune  # noqa: E402
+from flashcore import autotune  # noqa: E402
 from flashcore.autotune.core.toolchain import provenance  # noqa: E402
 from flashcore.kernels.attention_fwd.launch import attention_fwd  # noqa: E402
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
 
 # (B, H, S, D, causal)
 POINTS = [(4, 16, 8192, 128, False), (4, 16, 8192, 128, True), (4, 16, 8192, 64, False),

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
 
 
 def timed_sweep(grid: str, db: Path, log: Path, *, workers: int | None, trials: int | None, rep_ms: int,

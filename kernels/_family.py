@@ -146,6 +146,29 @@ register(KernelFamily(
     server="attention_fp8.quant_launch:fused_launcher",
 ))
 
+# Unequal lengths (KV-cache decode, chunked prefill), grouped-query heads packed per kv head, split-KV.
+register(KernelFamily(
+    name="attention_kv",
+    launcher="attention_kv.launch:attention_kv",
+    reference="attention_kv.reference:attention_kv_reference",
+    space="attention_kv",
+    dtypes=("float16", "bfloat16"),
+    jit=("attention_kv/kernel.py:attn_kv_fwd", "attention_kv/kernel.py:attn_kv_combine"),
+    lengths="any",
+    precompiler="attention_kv.launch:precompile",
+    compile_key="attention_kv.launch:compile_key",
+))
+# Warp-specialized Hopper kernel in Gluon (TMA producer warp, wgmma consumer warpgroups): sm_90 only.
+register(KernelFamily(
+    name="attention_gluon",
+    launcher="attention_gluon.launch:attention_gluon",
+    reference="reference:attention_reference",
+    space="attention_gluon",
+    dtypes=("float16", "bfloat16"),
+    jit=("attention_gluon/kernel.py:attn_fwd_ws",),
+    min_cc="9.0",
+))
+
 
 # TEST ONLY: a family that faults on one config (tests/fault_injection.py, not shipped). get_family serves it
 # only while FLASHCORE_FAULT_INJECTION=1 and the module named here imports (the test suite puts it on the path).

@@ -65,13 +65,16 @@ class SearchSpace:
         return config
 
     def _clipped_default(self, point: Any) -> dict[str, Any]:
+        """The default with its tiles clipped to the point: BLOCK_M to the padded query rows of a tile (the
+        query heads of a kv head times L when PACK_GQA packs them), BLOCK_N to the padded keys."""
         config = dict(self.default)
         if "CAUSAL_SPLIT" in config and not point.causal:
             config["CAUSAL_SPLIT"] = False
-        cap = 16
-        while cap < point.seq_len:
-            cap *= 2
-        for name in ("BLOCK_M", "BLOCK_N"):
+        group = point.heads // getattr(point, "kv_heads", point.heads) if config.get("PACK_GQA") else 1
+        for name, length in (("BLOCK_M", point.seq_len * group), ("BLOCK_N", getattr(point, "kv_len", point.seq_len))):
+            cap = 16
+            while cap < length:
+                cap *= 2
             if name in config:
                 config[name] = max(16, min(config[name], cap))
         if "num_warps" in config and "BLOCK_M" in config:

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from autotune import PROFILES, check
-from kernels import KernelInputError
-from kernels.attention_kv import launch as kv_launch
-from kernels.attention_kv.launch import CONFIG_KEYS, attention_kv
-from kernels.attention_kv.reference import attention_kv_naive, attention_kv_reference
-from kernels.attention_kv.rules import default_for, load_space, valid_configs
+from flashcore.autotune import PROFILES, check
+from flashcore.kernels import KernelInputError
+from flashcore.kernels.attention_kv import launch as kv_launch
+from flashcore.kernels.attention_kv.launch import CONFIG_KEYS, attention_kv
+from flashcore.kernels.attention_kv.reference import attention_kv_naive, attention_kv_reference
+from flashcore.search_spaces import load_space
 
 MASKS = {"full": (False, False), "causal_tl": (True, False), "causal_lr": (True, True)}
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -254,21 +254,16 @@ class KvPoint:
     dtype: str = "float16"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _kv_rules_registered_only_here():
-    """kernels/attention_kv/rules.py registers its kv_* rules in search_spaces' global registry on import.
-    tests/test_search_space.py checks that every registered rule is applied by a space it knows (attention_fwd,
-    attention_fp8); until the lead adds the attention_kv space there, the kv_* rules stay registered only
-    while this module runs. Remove this fixture at that merge."""
-    from search_spaces.rules import RULES
+def kv_space(profile: str = "default"):
+    return load_space("attention_kv", profile)
 
-    import kernels.attention_kv.rules as kv_rules
 
-    mine = {name: fn for name, fn in vars(kv_rules).items() if name.startswith("kv_") and callable(fn)}
-    RULES.update(mine)
-    yield
-    for name in mine:
-        RULES.pop(name, None)
+def valid_configs(point, profile, space=None) -> list[dict]:
+    return (space or kv_space("cpu" if profile.interpreter else "default")).candidates(point, profile)
+
+
+def default_for(point, profile, space=None) -> dict:
+    return (space or kv_space("cpu" if profile.interpreter else "default")).default_for(point, profile)
 
 
 H100 = PROFILES["h100"]
@@ -277,7 +272,7 @@ DECODE_HEADS = [(32, 8), (64, 8), (28, 4), (12, 12)]
 
 def test_config_keys_are_the_space_parameters():
     for profile in ("default", "cpu"):
-        space = load_space(profile)
+        space = kv_space(profile)
         assert set(space.param_values) == CONFIG_KEYS
         assert all(fn.__doc__ for _, fn in space.rules)
 
@@ -285,7 +280,7 @@ def test_config_keys_are_the_space_parameters():
 @pytest.mark.parametrize("profile", ["h100", "cpu"])
 def test_decode_points_keep_a_valid_space_and_default(profile):
     prof = PROFILES[profile]
-    space = load_space("cpu" if prof.interpreter else "default")
+    space = kv_space("cpu" if prof.interpreter else "default")
     for b in (1, 4, 16, 128):
         for s in (1024, 8192, 131072):
             for hq, hkv in DECODE_HEADS:
@@ -323,7 +318,7 @@ def test_default_clips_key_blocks_by_the_cache_not_the_query():
 
 
 def test_rules_read_points_without_kv_fields():
-    from autotune import Point
+    from flashcore.autotune import Point
 
     point = Point(2, 8, 512, 64, True)  # an attention_fwd point: Hkv = Hq, S = L, top-left
     assert valid_configs(point, H100)

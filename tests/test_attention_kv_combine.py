@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autotune import check
-from kernels import KernelInputError
-from kernels.attention_kv.launch import combine
+from flashcore.autotune import check
+from flashcore.kernels import KernelInputError
+from flashcore.kernels.attention_kv.launch import combine
 
 
 def direct(partial_out, partial_lse):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autotune import check
-from kernels import KernelError
-from kernels.attention_kv import launch as kv_launch
-from kernels.attention_kv.launch import attention_kv, compile_key, precompile
-from kernels.attention_kv.reference import attention_kv_reference
+from flashcore.autotune import check
+from flashcore.kernels import KernelError
+from flashcore.kernels.attention_kv import launch as kv_launch
+from flashcore.kernels.attention_kv.launch import attention_kv, compile_key, precompile
+from flashcore.kernels.attention_kv.reference import attention_kv_reference
 
 from test_attention_kv import CASES, MASKS, case_id, make_kv_inputs, sdpa_truth
 

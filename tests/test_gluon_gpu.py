@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.attention_gluon import smoke
+from flashcore.kernels.attention_gluon import smoke
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +117,8 @@ def test_shared_memory_overflow_is_a_typed_error():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_input_errors_on_the_gpu():
-    from kernels import KernelInputError
-    from kernels.attention_gluon.launch import attention_gluon
+    from flashcore.kernels import KernelInputError
+    from flashcore.kernels.attention_gluon.launch import attention_gluon
 
     q = torch.zeros(1, 4, 64, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(KernelInputError):

@@ -47,6 +47,29 @@ def test_compiled_kernel_matches_fp32(shape, dtype):
         assert verdict.passed, f"{config}: {verdict.reason}"
 
 
+GQA_SHAPES = [(3, 6, 2, 77, 64, True), (2, 32, 8, 1000, 128, True), (1, 7, 1, 333, 128, False),
+              (2, 28, 4, 2049, 128, True)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("shape", GQA_SHAPES, ids=[f"B{b}-H{h}kv{kv}-S{s}-D{d}-{'causal' if c else 'full'}"
+                                                   for b, h, kv, s, d, c in GQA_SHAPES])
+def test_grouped_query_heads_compiled_match_fp32(shape, dtype):
+    b, h, kv, s, d, causal = shape
+    point = Point(b, h, s, d, causal, dtype, kv_heads=kv)
+    q, k, v = make_inputs(point, "cuda")
+    ref = attention_reference(q, k, v, causal=causal)
+    for config in (load_space("attention_fwd").default_for(point, resolve_profile("auto")),
+                   dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, CAUSAL_SPLIT=causal),
+                   dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=2, CAUSAL_SPLIT=causal, LOADS="device_tma"),
+                   dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, CAUSAL_SPLIT=causal, LOADS="host_tma",
+                        WARP_SPECIALIZE=True)):  # host TMA runs as device TMA with grouped heads
+        out = torch.full_like(q, float("nan"))
+        attention_fwd(q, k, v, config, causal=causal, out=out)
+        verdict = check(out, ref, dtype)
+        assert verdict.passed, f"{config}: {verdict.reason}"
+
+
 def _covering(candidates):
     """A subset of the space that still holds every tile shape with every mask and load path, every variant
     switch with two tile shapes, and every warps/stages pair: the first candidate of each such combination

@@ -33,7 +33,7 @@ FALLBACKS = {
     "dropout": dict(dropout_p=0.5),
     "fp32": dict(dtype=torch.float32),
     "head-dim-512": dict(d=512),
-    "different-kv-length": dict(kv_len=7),
+    "lower-right-more-queries-than-keys": dict(kv_len=7, lower_right=True),
     "needs-grad": dict(grad=True),
 }
 
@@ -42,6 +42,10 @@ FALLBACKS = {
 def test_unsupported_inputs_fall_back_to_sdpa_or_raise_in_strict_mode(name):
     kw = dict(FALLBACKS[name])
     d, dtype, kv_len, grad = kw.pop("d", 16), kw.pop("dtype", torch.float16), kw.pop("kv_len", 20), kw.pop("grad", False)
+    if kw.pop("lower_right", False):  # rows 0..12 of 20 queries see none of 7 keys bottom-right: SDPA's NaN rows
+        from torch.nn.attention.bias import causal_lower_right
+
+        kw["attn_mask"] = causal_lower_right(20, kv_len)
     torch.manual_seed(0)
     q = torch.randn(1, 2, 20, d, dtype=dtype, requires_grad=grad)
     k, v = (torch.randn(1, 2, kv_len, d, dtype=dtype) for _ in range(2))

@@ -95,14 +95,19 @@ def get_kernel(shape: Sequence[int], dtype: torch.dtype | str = torch.float16, c
                kv_heads: int | None = None, kv_len: int | None = None, lower_right: bool = False) -> TunedKernel:
     """The tuned candidate for q of ``shape`` = (B, Hq, L, D) and k, v of (B, ``kv_heads``, ``kv_len``, D).
 
-    ``kv_heads`` / ``kv_len`` default to Hq / L; ``lower_right`` aligns the causal mask bottom-right (as
+    ``kv_heads`` / ``kv_len`` default to Hq / L (a kv_len other than L is looked up once per power of two: a
+    KV cache grows by one token a step, and the kernel takes any length); ``lower_right`` aligns the causal mask
+    bottom-right (as
     ``causal_lower_right(L, S)``; SDPA's ``is_causal`` is top-left). ``kernel``: None serves the fastest
     candidate (ours or a backend), "own" our kernels only, a family name only that family. ``gpu``: None reads
     the current device (the CPU interpreter without one), a profile name ("h100") matches any device of that
     profile, anything else is an exact device name. ``db``: the cache file (default: $AUTOTUNE_DB, else the user
     cache directory).
     """
-    memo_key = (tuple(shape), dtype, causal, gpu, db, kernel, kv_heads or shape[1], kv_len or shape[2], lower_right)
+    kv = kv_len or shape[2]
+    if kv != shape[2]:  # decode and chunked prefill: the cache grows every step; one lookup per power of two
+        kv = -(1 << (kv - 1).bit_length())
+    memo_key = (tuple(shape), dtype, causal, gpu, db, kernel, kv_heads or shape[1], kv, lower_right)
     hit = _MEMO.get(memo_key)
     if hit is None:
         if len(shape) != 4 or min(int(x) for x in shape) < 1:

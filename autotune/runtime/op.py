@@ -46,11 +46,11 @@ def _attention_fake(q, k, v, is_causal, scale, lower_right=False):
 
 def _causal_bias(attn_mask) -> bool | None:
     """For a ``torch.nn.attention.bias.CausalBias``: True if aligned bottom-right, False if top-left; else None."""
-    if attn_mask is None or isinstance(attn_mask, torch.Tensor):
+    if attn_mask is None:
         return None
     from torch.nn.attention.bias import CausalBias, CausalVariant
 
-    if not isinstance(attn_mask, CausalBias):
+    if not isinstance(attn_mask, CausalBias):  # (a CausalBias is a tensor subclass: test it first)
         return None
     return attn_mask.variant == CausalVariant.LOWER_RIGHT
 

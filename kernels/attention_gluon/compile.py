@@ -12,12 +12,16 @@ has setmaxnreg (warp specialization gave registers back), setmaxnreg_counts its 
 the launcher's typed KernelError (KernelInputError for a bad config or shape, KernelCompileError when Triton or
 ptxas fail).
 
-Works with TRITON_INTERPRET=1 set (``gluon.jit`` ignores it; Triton compiles for the target it is given), so it
-runs inside the test process. Also a CLI: ``python -m kernels.attention_gluon.compile [--d 128] [--causal]``.
+``gluon.jit`` ignores TRITON_INTERPRET, but a process that has run interpreted Triton kernels has Triton's
+language patched by the interpreter, and a first Gluon compile there fails ("'ir.value' object has no attribute
+'dtype'"; a cached one hides it). So where TRITON_INTERPRET is set, ``compile_info`` compiles in one spawned
+helper process without it (started on first use, reused). Also a CLI:
+``python -m flashcore.kernels.attention_gluon.compile [--shape B,H,S,D] [--causal]``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -30,9 +34,9 @@ from typing import Any
 import torch
 
 from .._errors import KernelCompileError, KernelInputError
-from ..launch import _typed_errors
+from .._common import typed_errors as _typed_errors
 from .launch import check_config, kernel_args
-from .rules import HEAD_DIMS
+from .config import HEAD_DIMS
 
 TARGET_ARCH = 90
 _SETMAXNREG = re.compile(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)")
@@ -88,9 +92,32 @@ def ptxas_report(ptx: str) -> tuple[int, int]:
     return int(regs.group(1)), int(spills.group(1)) + int(spills.group(2))
 
 
+_POOL: tuple[int, object] | None = None  # (the process that started it, the executor)
+
+
 def compile_info(shape: Sequence[int], dtype: torch.dtype, causal: bool, config: Mapping[str, Any],
                  kv_heads: int | None = None) -> dict[str, Any]:
     """Compile for sm_90 on this machine (no GPU needed) and report the kernel's resources (see module doc)."""
+    global _POOL
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # compile where the interpreter never ran
+        if _POOL is None or _POOL[0] != os.getpid():  # a forked child cannot use its parent's executor
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            saved = os.environ.pop("TRITON_INTERPRET")  # the helper starts now, without it in its environment
+            try:
+                _POOL = (os.getpid(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+                _POOL[1].submit(int, 0).result()
+            finally:
+                os.environ["TRITON_INTERPRET"] = saved
+        return _POOL[1].submit(_compile_info, tuple(shape), str(dtype).removeprefix("torch."), causal, dict(config),
+                            kv_heads).result()
+    return _compile_info(shape, dtype, causal, config, kv_heads)
+
+
+def _compile_info(shape, dtype, causal, config, kv_heads) -> dict[str, Any]:
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
     start = time.perf_counter()
     kernel = compile_kernel(shape, dtype, causal, config, kv_heads)
     ptx = kernel.asm["ptx"]

@@ -2,7 +2,7 @@
 
 ``attention_gluon(q, k, v, config, *, causal=False, sm_scale=None, out=None) -> out`` for q (B, Hq, S, D) and
 k, v (B, Hkv, S, D), Hq a multiple of Hkv, float16 or bfloat16 on a CUDA device, D in HEAD_DIMS. Config keys
-and defaults: rules.CONFIG_DEFAULTS (BLOCK_M and BLOCK_N are required); space.toml documents each.
+and defaults: config.CONFIG_DEFAULTS (BLOCK_M and BLOCK_N are required); search_spaces/attention_gluon.toml documents each.
 
 Every tensor is addressed through a 4-D host tensor descriptor [B, H, S, D] with a [1, 1, rows, D] box, so a
 tile never reads or writes another head's rows: the TMA unit zero-fills loads past S and clips stores past S.
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from .._errors import KernelInputError
-from ..launch import _strides, _typed_errors, tma_ready
-from .rules import HEAD_DIMS, config_error, ctas_per_sm, normalized, register_split
+from .._common import strides as _strides, tma_ready, typed_errors as _typed_errors
+from .config import HEAD_DIMS, config_error, ctas_per_sm, normalized, register_split
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)

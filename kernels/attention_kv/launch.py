@@ -25,7 +25,9 @@ import triton
 
 from .._config import check_common
 from .._errors import KernelInputError
-from ..launch import LOG2E, _strides, _typed_errors, interpreting
+from .._common import LOG2E, interpreting
+from .._common import strides as _strides
+from .._common import typed_errors as _typed_errors
 from .kernel import attn_kv_combine, attn_kv_fwd
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -173,9 +175,9 @@ def _meta_inputs(shape_q, shape_kv, dtype):
 
 
 def precompile(shape_q: Sequence[int], shape_kv: Sequence[int], dtype: torch.dtype, causal: bool,
-               lower_right: bool, config: Mapping[str, Any]) -> bool:
+               config: Mapping[str, Any], lower_right: bool = False) -> bool:
     """Compile ``config`` (and the combine kernel when it splits) for contiguous inputs of these shapes, from
-    ``meta`` tensors through ``JITFunction.warmup``, as kernels/_precompile.py does for attention_fwd. False
+    ``meta`` tensors through ``JITFunction.warmup``, as kernels/attention_fwd/precompile.py does for attention_fwd. False
     under the interpreter (which compiles nothing); a typed KernelError for a config that does not compile."""
     q, k, v, out = _meta_inputs(shape_q, shape_kv, dtype)
     check_inputs(q, k, v, causal, lower_right)
@@ -193,10 +195,10 @@ def precompile(shape_q: Sequence[int], shape_kv: Sequence[int], dtype: torch.dty
 
 
 def compile_key(shape_q: Sequence[int], shape_kv: Sequence[int], dtype: torch.dtype, causal: bool,
-                lower_right: bool, config: Mapping[str, Any]) -> tuple:
-    """What Triton specializes a launch on (as kernels/_precompile.compile_key_attention_fwd), so that points
+                config: Mapping[str, Any], lower_right: bool = False) -> tuple:
+    """What Triton specializes a launch on (as attention_fwd's precompile.compile_key), so that points
     sharing a key compile once. The combine kernel depends only on dtype and D, both in the key already."""
-    from .._precompile import _arg_class
+    from .._common import arg_class as _arg_class
 
     q, k, v, out = _meta_inputs(shape_q, shape_kv, dtype)
     partials = alloc_partials(q, config.get("NUM_SPLITS", 1))

@@ -1,10 +1,8 @@
-"""Config schema and named validity rules of the Gluon family (pure Python: no torch, no Triton).
+"""Config schema of the Gluon family and the resource model its rules use (pure Python: no torch, no Triton).
 
-The launcher (launch.py) and the CPU compiler (compile.py) take their config schema from here, so that what
-the rules accept is exactly what the launcher accepts. A rule is ``rule(config, point, profile) -> str | None``
-(None: valid; else a one-line reason). ``point`` has ``batch, heads, seq_len, head_dim, causal, dtype`` and
-maybe ``kv_heads``; ``profile`` has ``smem_bytes``, ``sm_count``, ``interpreter`` and maybe
-``compute_capability``. Missing optional keys count as their CONFIG_DEFAULTS value.
+The launcher (launch.py), the CPU compiler (compile.py) and the named rules (search_spaces/rules_gluon.py) take
+the config schema from here, so that what the rules accept is exactly what the launcher accepts. Missing
+optional keys count as their CONFIG_DEFAULTS value.
 
 The resource estimates are fitted to what Triton 3.6 compiled for sm_90 on a CPU (compile.py): the shared
 memory formula is exact up to the barrier bytes; the register estimate keeps every config that compiled
@@ -16,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search_spaces.rules import rule  # the lead moves this import at merge
 
 REQUIRED_KEYS = ("BLOCK_M", "BLOCK_N")
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -119,115 +116,5 @@ def ctas_per_sm(config: Mapping[str, Any], head_dim: int, element_bytes: int = 2
     return max(1, min(by_regs, by_smem))
 
 
-def _element_bytes(point) -> int:
+def element_bytes(point) -> int:
     return 1 if str(point.dtype).startswith("fp8") else 2
-
-
-# --- rules ---------------------------------------------------------------------------------------------------
-# Registered in search_spaces.rules.RULES by the decorator; RULES_OF_FAMILY lists them in the order space.toml
-# names them.
-RULES_OF_FAMILY = ("gluon_needs_sm90", "gluon_config_valid", "gluon_supported_point", "gluon_register_split",
-                   "gluon_register_budget", "gluon_shared_memory_budget", "gluon_tile_within_sequence",
-                   "gluon_persistent_needs_waves")
-
-@rule
-def gluon_needs_sm90(config, point, profile):
-    """The kernel is Gluon for sm_90 (wgmma, TMA, setmaxnreg): it does not run in Triton's interpreter nor on
-    another architecture."""
-    if getattr(profile, "interpreter", False):
-        return "Gluon kernels do not run in Triton's interpreter"
-    cc = str(getattr(profile, "compute_capability", "9.0"))
-    if cc != "9.0":
-        return f"the Gluon kernel is written for sm_90 (Hopper); this GPU is {cc}"
-    return None
-
-
-@rule
-def gluon_config_valid(config, point, profile):
-    """Keys and values the launcher accepts (unknown keys, non-powers of two, PINGPONG without two consumers)."""
-    return config_error(config)
-
-
-@rule
-def gluon_supported_point(config, point, profile):
-    """16-bit dtypes, head dim 64/128/256 (power-of-two TMA boxes and wgmma shapes), Hq a multiple of Hkv."""
-    if str(point.dtype) not in ("float16", "bfloat16"):
-        return f"the Gluon kernel takes float16 or bfloat16; got {point.dtype}"
-    if point.head_dim not in HEAD_DIMS:
-        return f"head dim must be one of {list(HEAD_DIMS)}; got {point.head_dim}"
-    kv_heads = getattr(point, "kv_heads", None) or point.heads
-    if point.heads % kv_heads:
-        return f"query heads {point.heads} are not a multiple of kv heads {kv_heads}"
-    return None
-
-
-@rule
-def gluon_register_split(config, point, profile):
-    """setmaxnreg takes multiples of 8 in 24..256, and the default partition's share (what the worker consumer
-    and the producer leave of the budget) must be one: CONSUMER_REGS means nothing with one consumer (only its
-    default value is tried then)."""
-    if config_error(config):
-        return None  # gluon_config_valid reports it
-    c = normalized(config)
-    if c["CONSUMERS"] == 1 and c["CONSUMER_REGS"] != CONFIG_DEFAULTS["CONSUMER_REGS"]:
-        return "CONSUMER_REGS only applies with CONSUMERS=2"
-    split = register_split(c)
-    if not SETMAXNREG_MIN <= split["default"] <= SETMAXNREG_MAX:
-        return f"the default consumer would get {split['default']} registers (setmaxnreg takes 24..256)"
-    return None
-
-
-@rule
-def gluon_register_budget(config, point, profile):
-    """The O accumulator and score tiles of a consumer must fit in its setmaxnreg share, or ptxas spills."""
-    if config_error(config) or point.head_dim not in HEAD_DIMS:
-        return None
-    split = register_split(config)
-    have = min(r for r in (split["default"], split["worker"]) if r) if normalized(config)["CONSUMERS"] == 2 \
-        else split["default"]
-    need = consumer_registers(config, point.head_dim)
-    if need > have:
-        return f"a consumer needs ~{need:.0f} registers per thread, has {have}: it would spill"
-    return None
-
-
-@rule
-def gluon_shared_memory_budget(config, point, profile):
-    """Q tiles plus STAGES K and V tiles must fit in the shared memory a block may opt into."""
-    if config_error(config) or point.head_dim not in HEAD_DIMS:
-        return None
-    need = shared_bytes(config, point.head_dim, _element_bytes(point))
-    if need > profile.smem_bytes:
-        return f"needs ~{need // 1024} KiB of shared memory (GPU has {profile.smem_bytes // 1024} KiB per block)"
-    return None
-
-
-@rule
-def gluon_tile_within_sequence(config, point, profile):
-    """A CTA tile or key block more than twice the padded sequence only computes padding (the smallest tiles
-    always pass: BLOCK_M=64, BLOCK_N<=64, one consumer)."""
-    if config_error(config):
-        return None
-    c = normalized(config)
-    cap = 64
-    while cap < point.seq_len:
-        cap *= 2
-    if c["BLOCK_M"] * c["CONSUMERS"] > 2 * cap and not (c["BLOCK_M"] == 64 and c["CONSUMERS"] == 1):
-        return f"a {c['BLOCK_M'] * c['CONSUMERS']}-row tile is mostly padding at S={point.seq_len}"
-    if c["BLOCK_N"] > cap:
-        return f"BLOCK_N={c['BLOCK_N']} exceeds the padded sequence ({cap})"
-    return None
-
-
-@rule
-def gluon_persistent_needs_waves(config, point, profile):
-    """A persistent grid only differs from the plain one when there are more tiles than CTAs resident at once."""
-    if config_error(config) or not normalized(config)["PERSISTENT"] or point.head_dim not in HEAD_DIMS:
-        return None
-    c = normalized(config)
-    tile_m = c["BLOCK_M"] * c["CONSUMERS"]
-    tiles = -(-point.seq_len // tile_m) * point.batch * point.heads
-    resident = profile.sm_count * ctas_per_sm(c, point.head_dim, _element_bytes(point))
-    if tiles <= resident:
-        return f"PERSISTENT needs more tiles than resident CTAs; {tiles} tiles, {resident} CTAs"
-    return None

@@ -1,4 +1,4 @@
-"""GPU smoke run of the Gluon kernel: ``python -m kernels.attention_gluon.smoke [--quick] [--no-bench]``.
+"""GPU smoke run of the Gluon kernel: ``python benchmarks/gluon_smoke.py [--quick] [--no-bench]``.
 
 Every launch of a new config happens in a child process under a hard timeout (killed with its process group on
 expiry), so a wrong barrier protocol shows up as "hang" instead of hanging this script. Stages:
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOLERANCES = {"float16": (2e-3, 1e-3), "bfloat16": (1.6e-2, 1.6e-2)}  # (atol, rtol), as the gate's
-DEFAULT = tomllib.loads((HERE / "space.toml").read_text())["default"]
+DEFAULT = tomllib.loads((HERE.parent / "search_spaces" / "attention_gluon.toml").read_text())["default"]
 VARIANTS = {
     "default": {},
     "overlap": {"OVERLAP": True},
@@ -128,7 +127,7 @@ def poisoned_output(q, strided: bool, guard: bool = False):
 
 def reference(q, k, v, causal: bool, sm_scale=None):
     """fp32 truth; kv heads repeated for grouped-query attention."""
-    from ..reference import attention_reference
+    from flashcore.kernels.reference import attention_reference
 
     group = q.shape[1] // k.shape[1]
     if group > 1:
@@ -155,7 +154,7 @@ def fits(config: dict, shape) -> str | None:
     """Why the rules refuse ``config`` at ``shape`` on an H100/H200, or None."""
     from types import SimpleNamespace
 
-    from . import rules
+    from flashcore.search_spaces import rules_gluon as rules
 
     b, hq, hkv, s, d, causal, dtype = shape
     point = SimpleNamespace(batch=b, heads=hq, kv_heads=hkv, seq_len=s, head_dim=d, causal=causal, dtype=dtype)
@@ -171,8 +170,8 @@ def fits(config: dict, shape) -> str | None:
 def run_child(job: dict) -> None:
     import torch
 
-    from .._errors import KernelError
-    from .launch import attention_gluon
+    from flashcore.kernels import KernelError
+    from flashcore.kernels.attention_gluon.launch import attention_gluon
 
     config, sm_scale, bshd, guard = job["config"], job.get("sm_scale"), job.get("bshd", False), job.get("guard", False)
     for shape in job["shapes"]:
@@ -205,7 +204,7 @@ def run_bench(job: dict) -> None:
     import torch
     import triton
 
-    from .launch import attention_gluon
+    from flashcore.kernels.attention_gluon.launch import attention_gluon
 
     config = job["config"]
     for point in job["points"]:

@@ -1,4 +1,4 @@
-"""Named validity rules of the attention_kv search space (space.toml), and a loader for that space.
+"""Named validity rules of the attention_kv search space (search_spaces/attention_kv.toml).
 
 A rule is ``rule(config, point, profile) -> str | None`` (None: the config passes; else a one-line reason),
 registered by name with ``search_spaces.rules.rule``; names start with ``kv_`` so that they never collide with
@@ -20,11 +20,7 @@ than 32 bytes and rejects 5 that do not; the shared-memory estimate is never bel
 
 from __future__ import annotations
 
-import tomllib
-from importlib import resources
-
-from search_spaces import SearchSpace, SpaceError, expand
-from search_spaces.rules import rule
+from .rules import rule
 
 REGISTER_LIMIT = 255
 REGISTER_OVERHEAD = 70     # fixed state and address tensors (attention_fwd's pointer-load figure; fits here too)
@@ -200,41 +196,3 @@ def kv_split_within_waves(config, point, profile):
     if programs > MAX_WAVES * profile.sm_count:
         return f"{programs} programs exceed {MAX_WAVES} waves of {profile.sm_count} SMs"
     return None
-
-
-def load_space(profile: str = "default") -> SearchSpace:
-    """The space of space.toml for ``profile`` (its overrides applied), as search_spaces.load_space reads
-    search_spaces/<kernel>.toml; importing this module has registered the rules it names."""
-    from search_spaces.rules import RULES
-
-    data = tomllib.loads(resources.files(__package__).joinpath("space.toml").read_text())
-    override = data.get("profiles", {}).get(profile, {})
-    params = {**data["params"], **override.get("params", {})}
-    default = override.get("default", data["default"])
-    unknown = [r for r in data.get("rules", []) if r not in RULES]
-    if unknown or set(default) != set(params):
-        raise SpaceError(f"attention_kv space.toml: unknown rules {unknown} or [default] keys != [params] keys")
-    return SearchSpace(kernel=data["kernel"], profile=profile,
-                       params=tuple((n, expand(n, s)) for n, s in params.items()),
-                       default=tuple(default.items()), rule_names=tuple(data.get("rules", [])))
-
-
-def valid_configs(point, profile, space: SearchSpace | None = None) -> list[dict]:
-    """Every config of the space that passes all its rules at ``point`` (stops at a config's first failure)."""
-    space = space or load_space("cpu" if profile.interpreter else "default")
-    rules = [fn for _, fn in space.rules]
-    return [c for c in space.all_configs() if not any(fn(c, point, profile) for fn in rules)]
-
-
-def default_for(point, profile, space: SearchSpace | None = None) -> dict:
-    """The space's default clipped to the point: BLOCK_M to the padded tile rows and BLOCK_N to the padded
-    visible keys (SearchSpace.default_for clips both by seq_len, which is L here, not S); if that still breaks
-    a rule, the valid config differing from it in the fewest parameters (the first in the space's order)."""
-    space = space or load_space("cpu" if profile.interpreter else "default")
-    config = dict(space.default)
-    config["BLOCK_M"] = max(16, min(config["BLOCK_M"], _pow2_at_least(tile_rows(config, point))))
-    config["BLOCK_N"] = max(16, min(config["BLOCK_N"], _pow2_at_least(visible_keys(point))))
-    if not space.violations(config, point, profile):
-        return config
-    valid = valid_configs(point, profile, space)
-    return min(valid, key=lambda c: sum(c[n] != config[n] for n in c)) if valid else config
