@@ -241,7 +241,7 @@ def run_bench(job: dict) -> None:
 def spawn(mode: str, job: dict, timeout: float) -> tuple[list[dict], str]:
     """Run a child; returns (its JSON lines, "" | "hang" | "crash: ..."). Kills the whole process group on
     timeout, so a kernel spinning on an mbarrier is torn down with its CUDA context."""
-    cmd = [sys.executable, "-m", f"{__package__}.smoke", mode, json.dumps(job)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(job)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=os.environ.copy())
     try:

@@ -98,9 +98,9 @@ def test_reference_on_cuda_matches_sdpa_on_cpu():
 def test_precompile_then_launch():
     shape_q, shape_kv = (2, 32, 1, 128), (2, 8, 4096, 128)
     for config in (cfg(16, 64, 1, True), cfg(16, 64, 8, True)):
-        assert precompile(shape_q, shape_kv, torch.float16, True, True, config) is True
-        assert compile_key(shape_q, shape_kv, torch.float16, True, True, config) == \
-            compile_key((2, 32, 1, 128), (2, 8, 8192, 128), torch.float16, True, True, config)
+        assert precompile(shape_q, shape_kv, torch.float16, True, config, True) is True
+        assert compile_key(shape_q, shape_kv, torch.float16, True, config, True) == \
+            compile_key((2, 32, 1, 128), (2, 8, 8192, 128), torch.float16, True, config, True)
         out, _ = run_cuda((2, 32, 8, 1, 4096, 128), "causal_lr", config)
         assert torch.isfinite(out).all()
 

@@ -1,7 +1,7 @@
 """The Gluon kernel on a Hopper GPU against the fp32 reference (kv heads repeated for GQA), over odd shapes, with
 planted large values and a NaN-poisoned output, for the default config and each variant switch.
 
-Every launch runs in a child process (``python -m kernels.attention_gluon.smoke --child ...``) under a timeout,
+Every launch runs in a child process (``python benchmarks/gluon_smoke.py --child ...``) under a timeout,
 so a wrong barrier protocol fails the test as a hang instead of hanging the test run. Tolerances as the gate's:
 float16 atol 2e-3 rtol 1e-3, bfloat16 1.6e-2 each (every element, and no element NaN or never written).
 """
@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashcore.kernels.attention_gluon import smoke
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gluon_smoke as smoke  # noqa: E402  (the GPU smoke script: its child mode runs one launch)
 
 pytestmark = pytest.mark.gpu
-ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_PER_SHAPE = 30.0
 TIMEOUT_BASE = 60.0
 
@@ -49,8 +50,7 @@ def _id(shape) -> str:
 def _run(mode: str, job: dict, timeout: float) -> tuple[list[dict], str]:
     """The child's JSON lines and "" | "hang" | "crash: <last stderr line>"."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "kernels.attention_gluon.smoke", mode, json.dumps(job)]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gluon_smoke.py"), mode, json.dumps(job)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
                             start_new_session=True)
     try:

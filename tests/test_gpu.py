@@ -4,6 +4,7 @@ a real sweep on the device's profile, and get_kernel serving its winner. Skipped
 import pytest
 import torch
 
+from flashcore import autotune
 from flashcore.autotune import Point, check, get_kernel, resolve_profile
 from flashcore.autotune.tuning.inputs import make_inputs
 from flashcore.autotune.tuning.sweep import tune_point
