@@ -117,7 +117,8 @@ def report_untuned(results, console) -> None:
     by_point: dict = {}
     for r in results:
         by_point.setdefault(r.point, []).append(r)
-    empty = [p.label for p, rs in by_point.items() if all(r.valid_configs == 0 and not r.skipped for r in rs)]
+    empty = [p.label for p, rs in by_point.items()
+             if all(r.valid_configs == 0 and not r.skipped and r.stopped != "time budget" for r in rs)]
     failed = [p.label for p, rs in by_point.items() if p.label not in empty
               and all(r.best is None and r.stopped != "time budget" for r in rs)]
     if empty:
