@@ -98,3 +98,17 @@ def test_shipped_fp8_winner_is_served_for_its_budget_only(fp8_table, monkeypatch
     loose = get_kernel(shape, dtype="fp8", kernel="attention_fp8", causal=tight["causal"], gpu="h100",
                        db=tmp_path / "user.db")
     assert loose.source == "shipped" and loose.config != tight["config"]  # the 0.1 winner, not the 0.03 one
+
+
+@pytest.mark.parametrize("name", ["h200-float16.json", "h200-bfloat16.json"])
+def test_shipped_h200_tables_are_valid_and_current(name):
+    table = json.loads(resources.files("flashcore.cache").joinpath("tables", name).read_text())
+    entries = parse_table(table)
+    assert table["provenance"]["gpu"] == "NVIDIA H200" and {e.key.gpu for e in entries} == {"NVIDIA H200"}
+    ours = [e for e in entries if get_family(e.key.kernel).kind != "backend"]
+    assert ours and {e.key.kernel for e in ours} <= {"attention_fwd", "attention_kv", "attention_gluon"}
+    stale = [e.key for e in ours if not get_family(e.key.kernel).hash_matches(e.key.kernel_hash,
+                                                                                 e.key.kv_heads != e.key.heads)]
+    assert not stale, f"{name} is stale at {len(stale)} entries (re-sweep on the H200)"
+    # backends are candidates too: served only on the torch and cuDNN builds they were measured with
+    assert any(e.key.kernel.startswith("sdpa_") for e in entries)
