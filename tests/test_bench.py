@@ -52,7 +52,7 @@ def cpu_result(tmp_path_factory) -> dict:
 
 def test_run_bench_cpu_json_shape(cpu_result):
     result = json.loads(json.dumps(cpu_result, allow_nan=False))  # strict JSON round trip
-    assert set(result) == {"provenance", "points", "summary"}
+    assert set(result) == {"provenance", "points", "summary", "complete"} and result["complete"] is True
     prov = result["provenance"]
     for name in ("gpu", "compute_capability", "torch", "triton", "commit", "date", "grid", "dtype", "rep_ms"):
         assert name in prov, name

@@ -162,3 +162,19 @@ def test_get_kernel_serves_the_fastest_candidate_and_own_excludes_backends(tmp_p
     stale = dataclasses.replace(backend, name="sdpa_planted_other")
     monkeypatch.setitem(_family.FAMILIES, stale.name, stale)
     assert get_family("sdpa_planted").kernel_hash() != "0" * 16
+
+
+def test_a_backend_runs_with_only_its_switch_on_and_the_switches_come_back():
+    from flashcore.kernels.backends import call_with_only
+
+    flags = ("flash", "mem_efficient", "math", "cudnn")
+    state = lambda: {f: getattr(torch._C, f"_get_{f}_sdp_enabled")() for f in flags}  # noqa: E731
+    before = state()
+    seen = call_with_only("math", state)
+    assert seen == {f: f == "math" for f in flags} and state() == before
+    with pytest.raises(ZeroDivisionError):  # restored after an error too
+        call_with_only("cudnn", lambda: 1 / 0)
+    assert state() == before
+    q, k, v = _inputs(1, 4, 2, 9, 9, 16, torch.float32)
+    out = call_with_only("math", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    torch.testing.assert_close(out, _truth(q, k, v, is_causal=True))

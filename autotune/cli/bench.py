@@ -38,8 +38,10 @@ def run_bench_cli(*, gpu: str, grid: str, db: Path | None, dtype: str | None, ou
     console = make_console(stderr=True)
     console.print(f"bench: profile [bold]{profile.name}[/], grid {grid}, {len(points)} points, "
                   f"{dtype or 'the grid dtypes'}, rep {rep_ms} ms, cache {path}")
+    partial = None if out is None else (lambda res: write_results(None, res, out, None, None))
     result = with_progress(console, points, lambda on_point: run_bench(
-        points, profile, db=path, rep_ms=rep_ms, seed=seed, on_point=on_point, grid=grid, kernel=kernel))
+        points, profile, db=path, rep_ms=rep_ms, seed=seed, on_point=on_point, grid=grid, kernel=kernel,
+        on_partial=partial))
 
     make_console().print(bench_table(result))
     for line in summary_lines(result):
@@ -141,7 +143,8 @@ def write_results(console, result: dict[str, Any], out: Path | None, plot: Path 
     if out is not None:
         text = json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n"
         _atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        console.print(f"wrote {out}")
+        if console is not None:  # None: a partial result rewritten after each point, quietly
+            console.print(f"wrote {out}")
     if plot is not None:
         _atomic_write(plot, lambda tmp: plot_fn(result, tmp))
         console.print(f"wrote {plot}")

@@ -34,14 +34,23 @@ def run_validate(*, db: Path | None, gpu: str, drop: bool, shipped: bool = True)
     if not path.exists() and not shipped:
         raise AutotuneError(f"no cache at {path} (run `autotune sweep` first, or pass --db)")
     results: list[tuple[str, object]] = []
+    log = make_console(stderr=True)
+
+    def said(source: str):  # one line per verdict as it comes: a run cut short still leaves its record
+        def on_result(r) -> None:
+            log.print(f"  {source} {r.entry.key.kernel} {r.point.label}: "
+                      f"{'pass' if r.passed else f'FAIL ({r.status}) {escape(r.reason)}'}", highlight=False)
+        return on_result
+
     if path.exists():
         with CacheStore.open(path) as store:
-            results += [(str(path), r) for r in validate_winners(store, profile, drop=drop, timeout_s=timeout_s)]
+            results += [(str(path), r) for r in validate_winners(store, profile, drop=drop, timeout_s=timeout_s,
+                                                                 on_result=said(str(path)))]
     if shipped:
         for name, text in shipped_tables():
             entries = parse_table(json.loads(text))
-            results += [(f"shipped {name}", r)
-                        for r in validate_winners(None, profile, timeout_s=timeout_s, entries=entries)]
+            results += [(f"shipped {name}", r) for r in validate_winners(
+                None, profile, timeout_s=timeout_s, entries=entries, on_result=said(f"shipped {name}"))]
     clear_cache()
     failed = [r for _, r in results if not r.passed]
     table = Table(title=f"{len(results)} served winners on {device_identity(profile)[0]}")

@@ -33,6 +33,9 @@ class Point:
             object.__setattr__(self, "kv_len", self.seq_len)
         if self.lower_right and (not self.causal or self.kv_len == self.seq_len):
             object.__setattr__(self, "lower_right", False)
+        if self.lower_right and self.seq_len == 1:  # one query aligned bottom-right sees every key: no mask
+            object.__setattr__(self, "lower_right", False)
+            object.__setattr__(self, "causal", False)
 
     @property
     def group(self) -> int:

@@ -130,11 +130,12 @@ def bench_tuned_and_sdpa(row: Row, errors: dict[str, str], point: Point, q: torc
 
 def run_bench(points: Iterable[Point], profile: GpuProfile, db: str | Path | None = None, rep_ms: int = 100,
               seed: int = 0, on_point: Callable[[Point, Row], None] | None = None, *, grid: str | None = None,
-              kernel: str | None = None) -> dict[str, Any]:
-    """Bench every point in turn; returns ``{"provenance", "points", "summary"}`` ready for JSON.
+              kernel: str | None = None, on_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Bench every point in turn; returns ``{"provenance", "points", "summary", "complete"}`` ready for JSON.
 
-    ``on_point(point, row)`` is called after each point (for a progress bar). ``grid`` only labels the
-    provenance. Call ``select_backend(profile)`` before this, so that the kernels are compiled (or
+    ``on_point(point, row)`` is called after each point (for a progress bar), ``on_partial(result)`` with the
+    result so far (``complete`` false), so that a bench cut short still leaves what it measured. ``grid`` only
+    labels the provenance. Call ``select_backend(profile)`` before this, so that the kernels are compiled (or
     interpreted) as the profile needs.
     """
     points = list(points)
@@ -148,7 +149,9 @@ def run_bench(points: Iterable[Point], profile: GpuProfile, db: str | Path | Non
         rows.append(row)
         if on_point:
             on_point(point, row)
-    return {"provenance": prov, "points": rows, "summary": summarize(rows)}
+        if on_partial:
+            on_partial({"provenance": prov, "points": rows, "summary": summarize(rows), "complete": False})
+    return {"provenance": prov, "points": rows, "summary": summarize(rows), "complete": True}
 
 
 RATIOS = ("best_sdpa_over_own", "best_sdpa_over_served", "cudnn_over_own", "flash_over_own")

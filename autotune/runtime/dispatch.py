@@ -3,7 +3,8 @@
 A candidate is a config of one of our kernel families or a backend (PyTorch's SDPA backends, FlashAttention-4):
 whatever a sweep found fastest and correct at the point. Lookup order: the point in the user's cache ("exact"),
 else in the tables shipped with the package under ``cache/tables/`` ("shipped"), else the closest tuned point
-of the same GPU, dtype, mask and head dim whose candidate can compute this problem ("nearest"), else the safe
+of the same GPU, dtype, mask, head dim and regime (equal lengths, or a KV cache) whose candidate can compute this
+problem ("nearest"), else the safe
 default config of our kernel ("default"). "nearest" and "default" lookups are recorded as misses next to the
 cache file (``autotune misses``). Only entries this process may serve are considered (``servable``: for our
 kernels the Triton version and the JIT source's hash, for a backend the torch and library builds). The cache
@@ -83,7 +84,7 @@ class TunedKernel:
 @dataclass
 class _Index:
     exact: dict[tuple, list[Entry]] = field(default_factory=dict)  # point -> every candidate's entry there
-    groups: dict[tuple, list[Entry]] = field(default_factory=dict)  # (gpu, dtype, mask, D) -> entries
+    groups: dict[tuple, list[Entry]] = field(default_factory=dict)  # _group_key -> entries
 
 
 _INDEXES: dict[str, _Index] = {}
@@ -153,6 +154,12 @@ def _exact_key(gpu: str, p: Point) -> tuple:
     return (gpu, p.dtype, p.causal, p.lower_right, p.head_dim, p.seq_len, p.kv_len, p.batch, p.heads, p.kv_heads)
 
 
+def _group_key(gpu: str, p: Point) -> tuple:
+    """What a "nearest" entry must share with the point: GPU, dtype, mask, head dim, and the regime (q and k of
+    one length, or a KV cache): a decode step never borrows a prefill point's choice, nor the reverse."""
+    return (gpu, p.dtype, p.mask, p.head_dim, p.seq_len == p.kv_len)
+
+
 def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKernel:
     allowed = _allowed(kernel, point)
     path = str(resolve_db(db))
@@ -165,7 +172,7 @@ def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKerne
             entry = min(found, key=lambda e: e.median_us)
             return TunedKernel(dict(entry.config), source, entry, point.causal, entry.key.kernel, point.lower_right)
     near = [(rank, e) for rank, (_, index) in enumerate(indexes) for name in names
-            for e in index.groups.get((name, point.dtype, point.mask, point.head_dim), ())
+            for e in index.groups.get(_group_key(name, point), ())
             if _can_serve(e, point, allowed)]
     if near:
         closest = min(distance(e.key, point) for _, e in near)
@@ -263,5 +270,5 @@ def _fill(index: _Index, entries) -> _Index:
             continue
         point = Point(k.batch, k.heads, k.seq_len, k.head_dim, k.causal, k.dtype, k.kv_heads, k.kv_len, k.lower_right)
         index.exact.setdefault(_exact_key(k.gpu, point), []).append(e)
-        index.groups.setdefault((k.gpu, k.dtype, point.mask, k.head_dim), []).append(e)
+        index.groups.setdefault(_group_key(k.gpu, point), []).append(e)
     return index
