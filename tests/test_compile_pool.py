@@ -112,8 +112,12 @@ def test_tune_point_records_pool_compile_errors_without_running_them(log):
     assert any(t.config["BLOCK_M"] == 64 and t.config["BLOCK_N"] == 64 for t in by["ok"])
     assert res.best is not None and res.best.config["BLOCK_N"] != 16
     logged = compiles(log)
-    assert len({json.dumps(c["config"], sort_keys=True) for c in logged}) == len(
-        {json.dumps(t.config, sort_keys=True) for t in res.trials}) >= len(logged) - 2  # at most a crash redo
+    compiled = {json.dumps(c["config"], sort_keys=True) for c in logged}
+    tried = {json.dumps(t.config, sort_keys=True) for t in res.trials}
+    assert compiled <= tried and len(logged) - 2 <= len(compiled)  # nothing compiled in vain; at most a crash redo
+    # the crash can take down one compile in flight in the other process before it logged: the timing worker
+    # then compiles that config itself
+    assert len(tried - compiled) <= 1, sorted(tried - compiled)
 
 
 def test_sweep_with_compile_workers_shares_kernels_between_points(log):
