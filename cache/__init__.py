@@ -9,7 +9,7 @@ from ._migrations import SCHEMA_VERSION
 from ._store import CacheStore
 from ._tables import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
 from ._types import (DEFAULT_FP8_TOL, DTYPES, FIGURES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord, base_dtype,
-                     figures_of, fp8_dtype, fp8_tol)
+                     figures_of, fp8_dtype, fp8_tol, normalize_problem)
 
 __all__ = [
     "DEFAULT_FP8_TOL",
@@ -32,6 +32,7 @@ __all__ = [
     "fp8_dtype",
     "fp8_tol",
     "merge_caches",
+    "normalize_problem",
     "parse_table",
     "read_table",
     "write_csv",

@@ -21,6 +21,24 @@ _FP8_PREFIX = "fp8-tol"
 TRIAL_STATUSES = ("ok", "invalid", "compile_error", "resources", "launch_error", "gate_failed", "timeout", "crashed")
 
 
+def normalize_problem(obj: Any) -> None:
+    """Give a frozen problem description (a cache key, a point) its one canonical form: kv_heads / kv_len 0 mean
+    "as many as the queries"; ``lower_right`` only where it changes something (causal, unequal lengths); and one
+    query aligned bottom-right sees every key, so it is no mask at all (a decode step)."""
+    def put(name: str, value: Any) -> None:
+        object.__setattr__(obj, name, value)
+
+    if not obj.kv_heads:
+        put("kv_heads", obj.heads)
+    if not obj.kv_len:
+        put("kv_len", obj.seq_len)
+    if obj.lower_right and (not obj.causal or obj.kv_len == obj.seq_len):
+        put("lower_right", False)
+    if obj.lower_right and obj.seq_len == 1:
+        put("lower_right", False)
+        put("causal", False)
+
+
 @dataclass(frozen=True)
 class CacheKey:
     """Names one tuned problem point for one candidate on one toolchain.
@@ -51,15 +69,7 @@ class CacheKey:
     lower_right: bool = False
 
     def __post_init__(self) -> None:
-        if not self.kv_heads:
-            object.__setattr__(self, "kv_heads", self.heads)
-        if not self.kv_len:
-            object.__setattr__(self, "kv_len", self.seq_len)
-        if self.lower_right and (not self.causal or self.kv_len == self.seq_len):
-            object.__setattr__(self, "lower_right", False)
-        if self.lower_right and self.seq_len == 1:  # one query aligned bottom-right sees every key: no mask
-            object.__setattr__(self, "lower_right", False)
-            object.__setattr__(self, "causal", False)
+        normalize_problem(self)
 
     @property
     def id(self) -> str:

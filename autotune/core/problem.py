@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from flashcore.cache import normalize_problem
+
 _TORCH_DTYPES = ("float16", "bfloat16")
 
 
@@ -27,15 +29,7 @@ class Point:
     lower_right: bool = False
 
     def __post_init__(self) -> None:
-        if not self.kv_heads:
-            object.__setattr__(self, "kv_heads", self.heads)
-        if not self.kv_len:
-            object.__setattr__(self, "kv_len", self.seq_len)
-        if self.lower_right and (not self.causal or self.kv_len == self.seq_len):
-            object.__setattr__(self, "lower_right", False)
-        if self.lower_right and self.seq_len == 1:  # one query aligned bottom-right sees every key: no mask
-            object.__setattr__(self, "lower_right", False)
-            object.__setattr__(self, "causal", False)
+        normalize_problem(self)
 
     @property
     def group(self) -> int:
