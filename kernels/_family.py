@@ -87,11 +87,13 @@ class KernelFamily:
     def reference_fn(self) -> Callable:
         return _resolve(self.reference)
 
-    def serving_fn(self, config: dict, causal: bool) -> Callable:
-        """``(q, k, v, sm_scale) -> out`` for ``config``: the family's server, else its launcher."""
-        if self.server is None:
+    def serving_fn(self, config: dict, causal: bool, lower_right: bool = False) -> Callable:
+        """``(q, k, v, sm_scale) -> out`` for ``config``: the family's server, else its launcher (the launcher
+        too for a bottom-right mask, which only families of ``lengths="any"`` take and no server does)."""
+        if self.server is None or lower_right:
             launch = self.launch()
-            return lambda q, k, v, sm_scale=None: launch(q, k, v, config, causal=causal, sm_scale=sm_scale)
+            extra = {"lower_right": True} if lower_right else {}
+            return lambda q, k, v, sm_scale=None: launch(q, k, v, config, causal=causal, sm_scale=sm_scale, **extra)
         ensure_backend()
         return _resolve(self.server)(config, causal)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from flashcore.autotune.runtime.dispatch import get_kernel
-from flashcore.autotune.runtime.op import attention, unsupported_reason
+from flashcore.autotune.runtime.op import serve, unsupported_reason
 
 DEFAULT_NAME = "fc_tuned"
 _MAX_REASONS = 64  # distinct fallback reasons kept; later ones are counted under "other"
@@ -138,7 +138,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if reason is not None:
         return _sdpa_forward()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                is_causal=is_causal, **kwargs)
-    out = attention(query, k, v, is_causal=causal, scale=scaling, enable_gqa=enable_gqa)
+    out = serve(query, k, v, bool(causal), scaling)  # checked just above: no second check
     return out.transpose(1, 2).contiguous(), None
 
 

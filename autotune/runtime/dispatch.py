@@ -69,13 +69,7 @@ class TunedKernel:
 
     def _launcher(self):
         """``(q, k, v, sm_scale) -> out``: what the family serves (``KernelFamily.serving_fn``), bound to the config."""
-        family = get_family(self.kernel)
-        if family.lengths == "any" and self.lower_right:
-            launch = family.launch()
-            config, causal = self.config, self.causal
-            return lambda q, k, v, sm_scale=None: launch(q, k, v, config, causal=causal, sm_scale=sm_scale,
-                                                         lower_right=True)
-        return family.serving_fn(self.config, self.causal)
+        return get_family(self.kernel).serving_fn(self.config, self.causal, self.lower_right)
 
     def __repr__(self) -> str:
         return f"TunedKernel(kernel={self.kernel!r}, source={self.source!r}, config={self.config!r})"

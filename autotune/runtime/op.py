@@ -106,6 +106,15 @@ def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal) -> str | None:
 _Tensor = torch.Tensor
 
 
+def serve(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float | None,
+          lower_right: bool = False) -> torch.Tensor:
+    """The tuned path for a call ``unsupported_reason`` accepted (callers that checked already, such as the
+    transformers integration, come here directly): the op's implementation in plain eager mode, else the op."""
+    if _eager(q, k, v):
+        return _attention_impl(q, k, v, is_causal, scale, lower_right)
+    return torch.ops.flashcore.attention(q, k, v, is_causal, scale, lower_right)
+
+
 def _eager(q, k, v) -> bool:
     """Whether calling the op's implementation directly is the same as calling the op: plain eager mode with
     plain tensors, nothing that traces, transforms, intercepts or profiles torch calls."""
@@ -128,9 +137,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
         if attn_mask is not None:  # a CausalBias (checked above): no mask is materialized
             lower_right = bool(_causal_bias(attn_mask)) and q.shape[2] != k.shape[2]
             is_causal = True
-        if _eager(q, k, v):
-            return _attention_impl(q, k, v, bool(is_causal), scale, lower_right)
-        return torch.ops.flashcore.attention(q, k, v, bool(is_causal), scale, lower_right)
+        return serve(q, k, v, bool(is_causal), scale, lower_right)
     if strict:
         raise UnsupportedAttention(reason)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
