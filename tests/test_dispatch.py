@@ -121,7 +121,7 @@ def test_sweep_is_available_lazily():
 
 
 def test_shipped_tables_come_after_the_users_cache(db, monkeypatch):
-    from flashcore.autotune.runtime import dispatch as _dispatch
+    from flashcore.autotune.runtime import index as _dispatch
     from flashcore.cache import write_json
 
     shipped = [entry(64, block_m=64), entry(256, block_m=32)]
@@ -133,7 +133,7 @@ def test_shipped_tables_come_after_the_users_cache(db, monkeypatch):
 
 
 def test_a_broken_shipped_table_is_ignored_with_a_warning(monkeypatch, tmp_path):
-    from flashcore.autotune.runtime import dispatch as _dispatch
+    from flashcore.autotune.runtime import index as _dispatch
 
     monkeypatch.setattr(_dispatch, "shipped_tables", lambda: [("bad.json", '{"format_version": 9}')])
     with pytest.warns(RuntimeWarning, match="bad.json"):

@@ -23,7 +23,8 @@ def run_validate(*, db: Path | None, gpu: str, drop: bool, shipped: bool = True)
     from flashcore.cache import CacheStore, parse_table
 
     from ..core.profiles import device_identity
-    from ..runtime.dispatch import clear_cache, shipped_tables
+    from ..runtime.dispatch import clear_cache
+    from ..runtime.index import shipped_tables
     from ..tuning.validate import validate_winners
     from ..tuning.worker import default_timeout
 

@@ -13,22 +13,19 @@ file is read once per process; after the first call for a shape, get_kernel is a
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from flashcore.cache import CacheError, CacheStore, Entry
+from flashcore.cache import Entry
 from flashcore.kernels import ensure_backend, families, get_family
 
 from ..core.problem import Point, distance, dtype_name
 from ..core.profiles import CPU_GPU_NAME, PROFILES, cuda_device, serving_profile
-from ..core.toolchain import servable
+from . import index as _index
+from .index import Index, exact_key, group_key
 from .misses import record_miss
 from .paths import resolve_db
 
@@ -75,13 +72,6 @@ class TunedKernel:
         return f"TunedKernel(kernel={self.kernel!r}, source={self.source!r}, config={self.config!r})"
 
 
-@dataclass
-class _Index:
-    exact: dict[tuple, list[Entry]] = field(default_factory=dict)  # point -> every candidate's entry there
-    groups: dict[tuple, list[Entry]] = field(default_factory=dict)  # _group_key -> entries
-
-
-_INDEXES: dict[str, _Index] = {}
 _MEMO: dict[tuple, TunedKernel] = {}
 
 
@@ -119,7 +109,7 @@ def get_kernel(shape: Sequence[int], dtype: torch.dtype | str = torch.float16, c
 def clear_cache() -> None:
     """Forget what was read from cache files (call after a sweep wrote new winners in this process) and the
     fast launch path's recorded launches."""
-    _INDEXES.clear()
+    _index.clear()
     _MEMO.clear()
     import sys
 
@@ -144,29 +134,19 @@ def _can_serve(entry: Entry, point: Point, allowed: set[str]) -> bool:
     return family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len, point.head_dim) is None
 
 
-def _exact_key(gpu: str, p: Point) -> tuple:
-    return (gpu, p.dtype, p.causal, p.lower_right, p.head_dim, p.seq_len, p.kv_len, p.batch, p.heads, p.kv_heads)
-
-
-def _group_key(gpu: str, p: Point) -> tuple:
-    """What a "nearest" entry must share with the point: GPU, dtype, mask, head dim, and the regime (q and k of
-    one length, or a KV cache): a decode step never borrows a prefill point's choice, nor the reverse."""
-    return (gpu, p.dtype, p.mask, p.head_dim, p.seq_len == p.kv_len)
-
-
 def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKernel:
     allowed = _allowed(kernel, point)
     path = str(resolve_db(db))
-    indexes = (("exact", _index(path)), ("shipped", _shipped()))
+    indexes = (("exact", _index.cache_index(path)), ("shipped", _index.shipped_index()))
     names = _gpu_names(gpu, *(ix for _, ix in indexes))
     for source, index in indexes:
-        found = [e for name in names for e in index.exact.get(_exact_key(name, point), ())
+        found = [e for name in names for e in index.exact.get(exact_key(name, point), ())
                  if _can_serve(e, point, allowed)]
         if found:
             entry = min(found, key=lambda e: e.median_us)
             return TunedKernel(dict(entry.config), source, entry, point.causal, entry.key.kernel, point.lower_right)
     near = [(rank, e) for rank, (_, index) in enumerate(indexes) for name in names
-            for e in index.groups.get(_group_key(name, point), ())
+            for e in index.groups.get(group_key(name, point), ())
             if _can_serve(e, point, allowed)]
     if near:
         closest = min(distance(e.key, point) for _, e in near)
@@ -200,7 +180,7 @@ def _default(point: Point, names: list[str], allowed: set[str]) -> TunedKernel:
     raise ValueError(f"no kernel of {sorted(allowed)} can compute {point.label}")
 
 
-def _gpu_names(gpu: str | None, *indexes: _Index) -> list[str]:
+def _gpu_names(gpu: str | None, *indexes: Index) -> list[str]:
     if gpu is None:
         device = cuda_device()
         return [device[0] if device else CPU_GPU_NAME]
@@ -211,58 +191,3 @@ def _gpu_names(gpu: str | None, *indexes: _Index) -> list[str]:
         known = sorted({key[0] for index in indexes for key in index.exact})
         return [n for n in known if any(m in n for m in profile.match)]
     return [gpu]
-
-
-def _index(path: str) -> _Index:
-    index = _INDEXES.get(path)
-    if index is not None:
-        return index
-    index = _INDEXES[path] = _Index()
-    if not Path(path).exists():
-        return index
-    try:
-        with CacheStore.open(path) as store:
-            entries = store.winners()
-    except CacheError as exc:
-        warnings.warn(f"FlashCore: ignoring the tuning cache: {exc}", RuntimeWarning, stacklevel=4)
-        return index
-    return _fill(index, entries)
-
-
-def _shipped() -> _Index:
-    """The tables installed with the package (cache/tables/*.json) that this process may serve."""
-    index = _INDEXES.get("<shipped>")
-    if index is not None:
-        return index
-    from flashcore.cache import parse_table
-
-    entries = []
-    for name, text in shipped_tables():
-        try:
-            entries += parse_table(json.loads(text))
-        except (CacheError, ValueError) as exc:
-            warnings.warn(f"FlashCore: ignoring shipped table {name}: {exc}", RuntimeWarning, stacklevel=4)
-    index = _INDEXES["<shipped>"] = _fill(_Index(), entries)
-    return index
-
-
-def shipped_tables() -> list[tuple[str, str]]:
-    """(file name, JSON text) of every table under the installed ``cache/tables/``."""
-    from importlib import resources
-
-    folder = resources.files("flashcore.cache").joinpath("tables")
-    return [(item.name, item.read_text(encoding="utf-8"))
-            for item in sorted(folder.iterdir(), key=lambda p: p.name) if item.name.endswith(".json")]
-
-
-def _fill(index: _Index, entries) -> _Index:
-    known = {f.name: f for f in families()}
-    for e in entries:
-        k = e.key
-        family = known.get(k.kernel)
-        if family is None or not servable(k, family):
-            continue
-        point = Point(k.batch, k.heads, k.seq_len, k.head_dim, k.causal, k.dtype, k.kv_heads, k.kv_len, k.lower_right)
-        index.exact.setdefault(_exact_key(k.gpu, point), []).append(e)
-        index.groups.setdefault(_group_key(k.gpu, point), []).append(e)
-    return index
