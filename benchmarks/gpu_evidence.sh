@@ -16,7 +16,7 @@ at() { python3 -m flashcore.autotune "$@"; }
 prov() {
   python3 - <<'PY'
 import json, torch
-from autotune._toolchain import provenance
+from flashcore.autotune.core.toolchain import provenance
 print("provenance:", json.dumps(provenance(torch.cuda.get_device_name(), "%d.%d" % torch.cuda.get_device_capability())))
 PY
 }

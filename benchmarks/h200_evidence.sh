@@ -10,8 +10,13 @@
 #   sweep:G[:DT]  `autotune sweep --grid G [--dtype DT]` with $TRIALS, $PATIENCE, $REP_MS, $BUDGET (seconds)
 #   bench:G[:DT]  `autotune bench --grid G` (own best kernel, served candidate, SDPA backends): JSON + PNG
 #   validate   `autotune validate` of the cache and the shipped tables this toolchain serves here
-#   models     benchmarks/real_models.py prefill and generate(), tuned vs SDPA
+#   models     benchmarks/real_models.py prefill and generate(), tuned vs SDPA ($MODELS_ARGS selects models,
+#              dtypes, modes; $MODELS_TAG names the output; $MODELS_BUDGET seconds before no case starts)
 #   save       the cache (gzip) and its export as JSON tables per dtype
+#   seed       import the shipped H200 tables into the cache, so that a sweep tunes only the keys they lack
+#   serving    the served path's GPU tests (sync-free, CUDA graphs, torch.compile, decode fast launch), the
+#              attention_kv and fast-launch GPU tests
+#   overhead   benchmarks/overhead.py: host cost of attention() against SDPA per kind of served candidate
 # Each step logs into OUTDIR with its provenance (GPU, torch, Triton, commit, date) and prints its start time.
 set -uo pipefail
 out=$1; shift
@@ -46,8 +51,9 @@ for stage in "$@"; do
     bench) at bench --gpu h200 --grid "$grid" ${dtype:+--dtype "$dtype"} --db "$db" --rep-ms "${BENCH_REP_MS:-20}" \
              --out "$out/bench$tag.json" --plot "$out/bench$tag.png" 2>&1 | tee "$out/bench$tag.log" | tail -8 ;;
     validate) { prov; at validate --gpu h200 --db "$db"; } 2>&1 | tee "$out/validate.log" | tail -6 ;;
-    models) { prov; timeout "${MODELS_TIMEOUT:-420}" python3 benchmarks/real_models.py --generate --db "$db" \
-                --out "$out/real-models.json"; } 2>&1 | tee "$out/real-models.log" | tail -30 ;;
+    models) { prov; timeout "${MODELS_TIMEOUT:-420}" python3 benchmarks/real_models.py --db "$db" \
+                --budget-s "${MODELS_BUDGET:-360}" ${MODELS_ARGS:-} --out "$out/real-models${MODELS_TAG:-}.json"; } \
+              2>&1 | tee "$out/real-models${MODELS_TAG:-}.log" | tail -40 ;;
     save) gzip -c "$db" > "$out/h200.db.gz"
           python3 - "$db" "$out" <<'PY'
 import json, sys
@@ -64,6 +70,12 @@ for dtype in sorted({w.key.dtype for w in winners}):
 PY
           ;;
     load) gunzip -c "$grid" > "$db" && echo "loaded $grid into $db" ;;
+    seed) for t in cache/tables/h200-*.json; do at import "$t" --db "$db"; done 2>&1 | tail -4 ;;
+    serving) { prov; timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -n "${JOBS:-4}" \
+                 tests/test_gpu_serving.py tests/test_fastlaunch_gpu.py tests/test_attention_kv_gpu.py; } 2>&1 \
+               | tee "$out/gpu-tests-serving.log" | tail -15 ;;
+    overhead) { prov; timeout 300 python3 benchmarks/overhead.py --out "$out/overhead.json"; } 2>&1 \
+                | tee "$out/overhead.log" | grep -v '^ ' | tail -12 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

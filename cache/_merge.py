@@ -9,11 +9,12 @@ as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlite_utils import Database
 
 from ._errors import CacheError, TableError
 from ._migrations import detect_version
-from ._store import CacheStore, _describe, _dumps, _insert, _trial_row
+from ._store import CacheStore, _describe, _insert, _trial_row
 from ._tables import check_entries
 from ._types import TRIAL_STATUSES, Entry, TrialRecord
 
@@ -51,13 +52,30 @@ class MergeReport:
 
     @property
     def duplicate_trials(self) -> int:
-        """Trials read from the inputs that were already in the result (same file twice, or overlapping files)."""
+        """Trial rows read from the inputs that were already in the result: the same trial (same id, or the same
+        measurement in every recorded detail) in several inputs, e.g. a file listed twice or copied into another."""
         return sum(item.trials for item in self.inputs) - self.trials
 
 
 def _trial_identity(rec: TrialRecord) -> tuple[Any, ...]:
-    """What makes two trial rows the same trial: key, config, study, trial number, time and status."""
-    return (rec.key.id, _dumps(rec.config), rec.study, rec.trial_number, rec.created_at, rec.status)
+    """What makes two trial rows the same trial: the same study, key and config, and the same measurement.
+
+    A sweep records each trial's own id (``extra["trial_id"]``, a uuid) with the host and process that ran it
+    (``extra["process"]``). Without an id (a trial of an older FlashCore) the measurement is identified by
+    everything recorded about it: status, reason, figures, time, torch build and ``extra`` (host, process and
+    where its time went). Two sweeps that ran the same study at the same second (one-second ``created_at``) on
+    two hosts are then different trials; the same row read twice (a file merged twice) is one.
+    """
+    config = _canonical(rec.config)
+    trial_id = rec.extra.get("trial_id") if isinstance(rec.extra, dict) else None
+    if isinstance(trial_id, str) and trial_id:
+        return (rec.key.id, rec.study, config, "trial_id", trial_id)
+    measured = {f.name: getattr(rec, f.name) for f in fields(rec) if f.name not in ("key", "config", "study")}
+    return (rec.key.id, rec.study, config, "measurement", _canonical(measured))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -131,9 +149,12 @@ def _read(path: Path, copy: Path) -> tuple[list[Entry], list[TrialRecord]]:
 
 
 def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse an output that is a folder, an unlisted existing file (without ``overwrite``), or in use."""
+    """Refuse an output that is a folder, in a folder that does not exist, an unlisted existing file (without
+    ``overwrite``), or in use. No folder is ever created: a mistyped path is an error, not a new directory."""
     if output.is_dir():
         raise CacheError(f"{output} is a directory; the output must be a file name")
+    if not output.parent.is_dir():
+        raise CacheError(f"the folder {output.parent} of {output} does not exist (merge creates no folders)")
     if output.exists() and not overwrite and not any(_same_file(output, p) for p in inputs):
         raise CacheError(f"{output} already exists and is not one of the inputs: list it among the inputs to "
                          "merge into it, or pass --overwrite to replace it")
@@ -153,7 +174,6 @@ def _check_not_in_use(output: Path) -> None:
 def _write(output: Path, winners: list[Entry], trials: list[TrialRecord]) -> None:
     """Build the merged cache in a temporary file next to ``output``, then rename it over ``output``."""
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".merging", dir=output.parent)
         os.close(fd)
     except OSError as exc:
@@ -179,12 +199,14 @@ def merge_caches(inputs: list[Path], output: Path, overwrite: bool = False) -> M
     """Merge the caches ``inputs`` into ``output`` and report what came from where.
 
     Per key the winner with the lowest ``median_us`` is kept (a tie keeps the earlier input's). Every trial of
-    every input is kept once: trials are the same when key, config, study, trial number, created_at and status
-    all are, and a trial repeated ``n`` times within one input is kept ``n`` times, so listing a file twice, or
+    every input is kept once: two rows are the same trial only when study, key, config and the measurement
+    itself are (:func:`_trial_identity`: the trial's recorded id, else every recorded figure, time, host and
+    process), and a row repeated ``n`` times within one input is kept ``n`` times. So caches swept at the same
+    time on several hosts lose no trial (and each winner keeps its own trial), while listing a file twice, or
     merging into an output that already holds some trials, adds nothing. ``output`` may be one of the inputs
-    (merge into it); if it exists otherwise, CacheError unless ``overwrite``. Inputs are never modified; any
-    problem (an input that is missing, not a FlashCore cache, corrupted or of a newer schema) raises CacheError
-    naming the file, before ``output`` is touched.
+    (merge into it); if it exists otherwise, CacheError unless ``overwrite``; its folder must exist. Inputs are
+    never modified; any problem (an input that is missing, not a FlashCore cache, corrupted or of a newer
+    schema) raises CacheError naming the file, before ``output`` is touched.
     """
     paths = [Path(p).expanduser() for p in inputs]
     output = Path(output).expanduser()

@@ -2,75 +2,40 @@
 
 One file per machine (or shared over a filesystem) used by several processes at once: WAL journal, a 30 s
 busy timeout, every compare-and-write in one ``BEGIN IMMEDIATE`` transaction, and a few retries with backoff
-when the database stays locked. Opening never modifies a file that is not a FlashCore cache.
+when the database stays locked. Opening never modifies a file that is not a FlashCore cache, and opening
+``readonly=True`` (what model code's lookups use) never modifies any file at all.
+
+Reading winners never fails because of one bad row: a row whose columns have the wrong types, whose text is
+not UTF-8 or whose config is not a JSON object (a depth bomb included) is skipped with one RuntimeWarning
+naming it, and the other rows are returned. Rows are made and read back in ``cache/_rows.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlite_utils import Database
 
 from ._errors import CacheError
-from ._migrations import detect_version, migrate
+from ._migrations import SCHEMA_VERSION, detect_version, migrate
+from ._rows import _BOOLS, _KEY_FIELDS, _decode_text, _insert, _row_entry, _row_trial, _trial_row, _winner_row
 from ._tables import check_entries
 from ._types import TRIAL_STATUSES, CacheKey, Entry, TrialRecord
 
 T = TypeVar("T")
-_KEY_FIELDS = CacheKey.field_names()
-_FIGURES = ("median_us", "p95_us", "p99_us", "tflops", "rel_err")
 _WINNER_ORDER = "gpu, kernel, dtype, causal, head_dim, seq_len, kv_len, batch, heads, kv_heads, key_id"
-_BOOLS = ("causal", "lower_right")
-
-
-def _dumps(value: dict[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _key_columns(key: CacheKey) -> dict[str, Any]:
-    columns = key.as_dict()
-    for name in _BOOLS:
-        columns[name] = int(columns[name])
-    return columns
-
-
-def _winner_row(entry: Entry) -> dict[str, Any]:
-    row: dict[str, Any] = {"key_id": entry.key.id, **_key_columns(entry.key), "config": _dumps(entry.config)}
-    row.update({name: float(getattr(entry, name)) for name in _FIGURES})
-    row["created_at"] = entry.created_at
-    row["torch_version"] = entry.torch_version
-    return row
-
-
-def _trial_row(rec: TrialRecord) -> dict[str, Any]:
-    row: dict[str, Any] = {"key_id": rec.key.id, **_key_columns(rec.key), "config": _dumps(rec.config)}
-    for name in ("status", "reason", *_FIGURES, "max_abs_err", "study", "trial_number", "created_at",
-                 "torch_version"):
-        row[name] = getattr(rec, name)
-    row["extra"] = _dumps(rec.extra)
-    return row
-
-
-def _insert(db: Database, table: str, row: dict[str, Any], replace: bool = False) -> int:
-    """INSERT (OR REPLACE) one row with plain SQL and return its rowid.
-
-    Plain ``db.execute`` joins the caller's open transaction on every sqlite-utils version, whereas the table
-    helpers of sqlite-utils 3.x commit on their own (``with conn:``) and would break all-or-nothing writes.
-    Table and column names come from this module, never from data.
-    """
-    columns = ", ".join(f"[{name}]" for name in row)
-    marks = ", ".join("?" for _ in row)
-    verb = "INSERT OR REPLACE" if replace else "INSERT"
-    cursor = db.execute(f"{verb} INTO [{table}] ({columns}) VALUES ({marks})", list(row.values()))
-    return int(cursor.lastrowid or 0)
+# sqlite result codes (the low byte of ``sqlite3.Error.sqlite_errorcode``) of a read-only connection that cannot
+# set up a WAL database's shared memory (its folder is read-only): such a file is then read as immutable.
+_SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
@@ -99,19 +64,32 @@ class CacheStore:
         self._db: Database | None = db
         self._path = path
         self._where = str(path) if path is not None else "<memory cache>"
+        self._readonly = False
 
     # -- opening -------------------------------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, busy_timeout_ms: int = 30000,
-             make_parents: bool = False) -> CacheStore:
+             make_parents: bool = False, readonly: bool = False) -> CacheStore:
         """Open (creating it if needed) the cache at ``path`` and migrate it to SCHEMA_VERSION.
 
         Its folder must exist (CacheError otherwise: a mistyped path never creates folders) unless
         ``make_parents`` (for the default location in the user's cache directory). Raises CacheError, without
         touching the file, when it is not SQLite, is corrupted, is some other program's database, or was
         written by a newer FlashCore.
+
+        ``readonly=True`` opens an existing file for reading only (sqlite's ``mode=ro``): nothing is created,
+        migrated, switched to WAL or otherwise written, so a file the user can only read (a read-only file or
+        folder, a rollback-journal database whose folder is read-only) is read all the same; a WAL database in a
+        read-only folder, which sqlite cannot attach its shared memory to, is read as immutable (no writer can
+        exist there). A file of an older schema (an empty or 0-byte file counts as schema 0) is copied into
+        memory and read through the migrations there: the file itself stays as it was. Every writing method of
+        such a store raises CacheError.
         """
+        if readonly:
+            if make_parents:
+                raise ValueError("make_parents and readonly exclude each other")
+            return cls._open_readonly(Path(path).expanduser(), busy_timeout_ms)
         p = Path(path).expanduser()
         where = str(p)
         if p.is_dir():
@@ -148,6 +126,57 @@ class CacheStore:
             conn.close()
             raise
         return store
+
+    @classmethod
+    def _open_readonly(cls, p: Path, busy_timeout_ms: int) -> CacheStore:
+        where = str(p)
+        if p.is_dir():
+            raise CacheError(f"{where} is a directory, not a FlashCore cache")
+        if not p.is_file():
+            raise CacheError(f"no cache at {where}" if not p.exists() else f"{where} is not a regular file")
+        uri = f"file:{quote(str(p.absolute()), safe='/')}?mode=ro"
+        try:
+            conn, version = cls._connect_readonly(uri, where, busy_timeout_ms)
+        except sqlite3.OperationalError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+                raise CacheError(_describe(where, exc)) from None
+            try:  # a WAL file in a folder we cannot write: no writer can exist, read it as it is
+                conn, version = cls._connect_readonly(uri + "&immutable=1", where, busy_timeout_ms)
+            except sqlite3.Error as exc2:
+                raise CacheError(_describe(where, exc2)) from None
+        except sqlite3.Error as exc:
+            raise CacheError(_describe(where, exc)) from None
+        if version < SCHEMA_VERSION:  # read an old file through the migrations, in a private copy
+            try:
+                copy = sqlite3.connect(":memory:", isolation_level=None)
+                conn.backup(copy)
+                conn.close()
+                conn = copy
+                migrate(Database(conn, execute_plugins=False), where)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise CacheError(_describe(where, exc)) from None
+            except BaseException:
+                conn.close()
+                raise
+        store = cls(Database(conn, execute_plugins=False), p)
+        store._readonly = True
+        return store
+
+    @staticmethod
+    def _connect_readonly(uri: str, where: str, busy_timeout_ms: int) -> tuple[sqlite3.Connection, int]:
+        """A read-only connection to ``uri`` checked to be a FlashCore cache, and its schema version."""
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)  # lazy: errors come with the first read
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(1)").fetchall()] or ["?"]
+            if problems != ["ok"]:
+                raise CacheError(f"{where} is not a FlashCore cache (corrupted: {problems[0]})")
+            version = detect_version(Database(conn, execute_plugins=False), where)
+        except BaseException:
+            conn.close()
+            raise
+        return conn, version
 
     @classmethod
     def memory(cls) -> CacheStore:
@@ -206,7 +235,11 @@ class CacheStore:
         raise AssertionError("unreachable")
 
     def _write(self, body: Callable[[Database], T]) -> T:
-        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction (all or nothing), retried while locked."""
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction (all or nothing), retried while locked.
+
+        CacheError, writing nothing, on a store opened ``readonly``."""
+        if self._readonly:
+            raise CacheError(f"{self._where} was opened read-only")
 
         def attempt() -> T:
             db = self._conn_db()
@@ -221,41 +254,6 @@ class CacheStore:
             return result
 
         return self._retry(attempt)
-
-    def _loads(self, text: str, what: str) -> dict[str, Any]:
-        try:
-            value = json.loads(text)
-        except (TypeError, ValueError):
-            value = None
-        if not isinstance(value, dict):
-            raise CacheError(f"{self._where} is damaged ({what} is not a JSON object)")
-        return value
-
-    def _key(self, row: dict[str, Any]) -> CacheKey:
-        values = {name: row[name] for name in _KEY_FIELDS}
-        for name in _BOOLS:
-            values[name] = bool(values[name])
-        return CacheKey(**values)
-
-    def _entry(self, row: dict[str, Any]) -> Entry:
-        return Entry(
-            key=self._key(row),
-            config=self._loads(row["config"], f"the config of winner {row['key_id']}"),
-            median_us=row["median_us"], p95_us=row["p95_us"], p99_us=row["p99_us"],
-            tflops=row["tflops"], rel_err=row["rel_err"], created_at=row["created_at"],
-            torch_version=row["torch_version"],
-        )  # fmt: skip
-
-    def _trial(self, row: dict[str, Any]) -> TrialRecord:
-        what = f"trial {row['id']}"
-        return TrialRecord(
-            key=self._key(row), config=self._loads(row["config"], f"the config of {what}"),
-            status=row["status"], reason=row["reason"],
-            median_us=row["median_us"], p95_us=row["p95_us"], p99_us=row["p99_us"], tflops=row["tflops"],
-            rel_err=row["rel_err"], max_abs_err=row["max_abs_err"], study=row["study"],
-            trial_number=row["trial_number"], created_at=row["created_at"],
-            extra=self._loads(row["extra"], f"the extra of {what}"), torch_version=row["torch_version"],
-        )  # fmt: skip
 
     # -- winners -------------------------------------------------------------------------------------------
 
@@ -282,23 +280,41 @@ class CacheStore:
 
         def read() -> Entry | None:
             rows = list(self._conn_db().table("winners").rows_where("key_id = ?", [key.id]))
-            return self._entry(rows[0]) if rows else None
+            return _row_entry(rows[0], self._where) if rows else None
 
         return self._retry(read)
 
     def winners(self, **filters: Any) -> list[Entry]:
-        """All winners whose key fields equal the given filters (e.g. ``gpu=..., causal=True``), in a stable order."""
+        """All winners whose key fields equal the given filters (e.g. ``gpu=..., causal=True``), in a stable order.
+
+        A row that cannot be read as an entry (a column of the wrong type or NULL, text that is not UTF-8, a
+        config that is not a JSON object or nests too deep) is skipped with one RuntimeWarning naming its rowid
+        and key id and saying why; the other rows are returned. A database that cannot be read at all raises
+        CacheError."""
         unknown = sorted(set(filters) - set(_KEY_FIELDS))
         if unknown:
             raise TypeError(f"winners() got unknown filter {unknown[0]!r} (filters are {', '.join(_KEY_FIELDS)})")
         where = " AND ".join(f"[{name}] = ?" for name in filters) or None
         args = [int(v) if name in _BOOLS else v for name, v in filters.items()]
 
-        def read() -> list[Entry]:
-            rows = self._conn_db().table("winners").rows_where(where, args, order_by=_WINNER_ORDER)
-            return [self._entry(row) for row in rows]
+        def read() -> list[dict[str, Any]]:
+            db = self._conn_db()
+            saved = db.conn.text_factory
+            db.conn.text_factory = _decode_text  # a non-UTF-8 text refuses its row, not the whole read
+            try:
+                return list(db.table("winners").rows_where(where, args, order_by=_WINNER_ORDER,
+                                                           select="rowid AS [_rowid], *"))
+            finally:
+                db.conn.text_factory = saved
 
-        return self._retry(read)
+        entries = []
+        for row in self._retry(read):
+            try:
+                entries.append(_row_entry(row, self._where))
+            except CacheError as exc:
+                warnings.warn(f"FlashCore: skipping row {row.get('_rowid')} of the winners: {exc}", RuntimeWarning,
+                              stacklevel=2)
+        return entries
 
     def delete_winner(self, key: CacheKey) -> bool:
         """Delete the winner of ``key``; return whether there was one."""
@@ -333,6 +349,6 @@ class CacheStore:
                 rows = table.rows_where(order_by="id")
             else:
                 rows = table.rows_where("key_id = ?", [key.id], order_by="id")
-            return [self._trial(row) for row in rows]
+            return [_row_trial(row, self._where) for row in rows]
 
         return self._retry(read)

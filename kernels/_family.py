@@ -52,6 +52,13 @@ class KernelFamily:
     # "module:factory" of what get_kernel serves: factory(config, causal) returns (q, k, v, sm_scale) -> out with
     # the launcher's results, faster; None: the launcher itself.
     server: str | None = None
+    # "module:function" that raises (KernelInputError) for a config the launcher cannot take, without inputs
+    # (the launcher's ``check_config``); what the runtime checks a cached config with before serving it
+    # (autotune/runtime/index.py ``usable``). None: no such check.
+    checker: str | None = None
+    # Whether sweeps try it. False for "sdpa" (SDPA's own choice): the baseline served where nothing tuned
+    # applies, never a tuned candidate.
+    candidate: bool = True
 
     def kernel_hash(self, gqa: bool = False) -> str:
         """The hash of the JIT source a point compiles (its grouped-query entry for ``gqa``); for a backend,
@@ -81,27 +88,26 @@ class KernelFamily:
         return None
 
     def launch(self) -> Callable:
-        ensure_backend()
         return _resolve(self.launcher)
 
     def reference_fn(self) -> Callable:
         return _resolve(self.reference)
 
     def serving_fn(self, config: dict, causal: bool, lower_right: bool = False) -> Callable:
-        """``(q, k, v, sm_scale) -> out`` for ``config``: the family's server, else its launcher (the launcher
-        too for a bottom-right mask, which only families of ``lengths="any"`` take and no server does)."""
-        if self.server is None or lower_right:
+        """``(q, k, v, sm_scale) -> out`` for ``config``: the family's server, else its launcher. A server of a
+        family of ``lengths="any"`` takes the alignment (``factory(config, causal, lower_right)``); the others
+        serve equal lengths only, where the alignment changes nothing."""
+        if self.server is None:
             launch = self.launch()
             extra = {"lower_right": True} if lower_right else {}
             return lambda q, k, v, sm_scale=None: launch(q, k, v, config, causal=causal, sm_scale=sm_scale, **extra)
-        ensure_backend()
-        return _resolve(self.server)(config, causal)
+        factory = _resolve(self.server)
+        return factory(config, causal, lower_right) if self.lengths == "any" else factory(config, causal)
 
     def compile_key_fn(self) -> Callable | None:
         """``compile_key(q_shape, kv_shape, torch_dtype, causal, config, lower_right) -> tuple``, or None."""
         if self.compile_key is None:
             return None
-        ensure_backend()
         return _resolve(self.compile_key)
 
 
@@ -119,6 +125,7 @@ def register(family: KernelFamily) -> KernelFamily:
 register(KernelFamily(
     name="attention_fwd",
     launcher="attention_fwd.launch:attention_fwd",
+    checker="attention_fwd.launch:check_config",
     reference="reference:attention_reference",
     space="attention_fwd",
     dtypes=("float16", "bfloat16"),
@@ -135,6 +142,7 @@ register(KernelFamily(
 register(KernelFamily(
     name="attention_fp8",
     launcher="attention_fp8.launch:attention_fp8",
+    checker="attention_fp8.launch:check_config",
     reference="reference:attention_reference",
     space="attention_fp8",
     dtypes=("fp8",),
@@ -152,6 +160,7 @@ register(KernelFamily(
 register(KernelFamily(
     name="attention_kv",
     launcher="attention_kv.launch:attention_kv",
+    checker="attention_kv.launch:check_config",
     reference="attention_kv.reference:attention_kv_reference",
     space="attention_kv",
     dtypes=("float16", "bfloat16"),
@@ -159,16 +168,19 @@ register(KernelFamily(
     lengths="any",
     precompiler="attention_kv.launch:precompile",
     compile_key="attention_kv.launch:compile_key",
+    server="attention_kv.fastlaunch:KvServer",
 ))
 # Warp-specialized Hopper kernel in Gluon (TMA producer warp, wgmma consumer warpgroups): sm_90 only.
 register(KernelFamily(
     name="attention_gluon",
     launcher="attention_gluon.launch:attention_gluon",
+    checker="attention_gluon.launch:check_config",
     reference="reference:attention_reference",
     space="attention_gluon",
     dtypes=("float16", "bfloat16"),
     jit=("attention_gluon/kernel.py:attn_fwd_ws",),
     min_cc="9.0",
+    server="attention_gluon.launch:GluonServer",
 ))
 
 
@@ -178,6 +190,7 @@ FAULT_INJECTION_ENV = "FLASHCORE_FAULT_INJECTION"
 FAULTY_FAMILY = KernelFamily(
     name="attention_fwd_faulty",
     launcher="fault_injection:attention_fwd_faulty",
+    checker="attention_fwd.launch:check_config",
     reference="reference:attention_reference",
     space="attention_fwd",
     dtypes=("float16", "bfloat16"),
@@ -207,7 +220,8 @@ def families(kind: str | None = None) -> list[KernelFamily]:
 def ensure_backend() -> None:
     """Pick Triton's interpreter when there is no GPU, before any kernel is decorated.
 
-    Called by the dispatcher and the CLI just before a kernel module is first imported; importing this
+    Called by the command line and the tuning machinery (never by what model code runs: get_kernel and the op
+    leave TRITON_INTERPRET as the user set it) just before a kernel module is first imported; importing this
     package has no such side effect.
     """
     if "TRITON_INTERPRET" in os.environ:

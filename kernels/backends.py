@@ -20,6 +20,9 @@ from ._family import FAMILIES, KernelFamily, register
 SDPA_BACKENDS = {"sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_flash": "FLASH_ATTENTION",
                  "sdpa_efficient": "EFFICIENT_ATTENTION"}
 FA4 = "fa4"
+# SDPA as the user calls it (its own backend choice, no switch touched): what get_kernel serves where nothing
+# tuned applies. Never a sweep candidate: it is the baseline the others are measured against.
+SDPA = "sdpa"
 
 
 @functools.cache
@@ -113,6 +116,81 @@ def _fa4(q, k, v, config, *, causal=False, sm_scale=None, out=None, lower_right=
     return out.copy_(result)
 
 
+def sdpa(q, k, v, config, *, causal=False, sm_scale=None, out=None, lower_right=False):
+    """``F.scaled_dot_product_attention`` as a user calls it: SDPA picks its backend (any device)."""
+    if config:
+        raise KernelInputError(f"a backend takes no config; got {sorted(config)}")
+    result = BackendServer(None, causal, lower_right)(q, k, v, sm_scale)
+    return result if out is None else out.copy_(result)
+
+
+class BackendServer:
+    """What get_kernel serves for a backend: ``server(q, k, v, sm_scale=None) -> out``, SDPA with only the
+    backend's switch on (``flag``; None: SDPA's own choice), with as little host work as the call allows (the
+    switches are read and set through torch._C's getters and setters, no context manager). A backend that
+    refuses the call (a shape outside the one it was gated at) leaves it to SDPA's own choice."""
+
+    __slots__ = ("flags", "causal", "lower_right", "_sdpa", "_get", "_put", "_oom")
+
+    def __init__(self, flag: str | None, causal: bool, lower_right: bool = False):
+        import torch
+        import torch.nn.functional as F
+
+        self._oom = torch.cuda.OutOfMemoryError
+
+        self.flags = None if flag is None else tuple(name == flag for name in _FLAGS)
+        self.causal = bool(causal)
+        self.lower_right = bool(lower_right)
+        self._sdpa = F.scaled_dot_product_attention
+        self._get, self._put = _switches()
+
+    def __call__(self, q, k, v, sm_scale=None):
+        mask, causal = None, self.causal
+        if self.lower_right and causal and q.shape[2] != k.shape[2]:
+            from torch.nn.attention.bias import causal_lower_right
+
+            mask, causal = causal_lower_right(q.shape[2], k.shape[2]), False
+        gqa = k.shape[1] != q.shape[1]
+        flags = self.flags
+        if flags is None:
+            return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+        put = self._put
+        before = [g() for g in self._get]
+        for setter, on in zip(put, flags):
+            setter(on)
+        try:
+            return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+        except RuntimeError as exc:  # the backend refuses these inputs (on the host, before any launch)
+            if isinstance(exc, self._oom):
+                raise
+        finally:
+            for setter, value in zip(put, before):
+                setter(value)
+        return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+
+
+@functools.cache
+def _switches():
+    """torch's SDPA backend getters and setters, in _FLAGS order (looked up once)."""
+    import torch
+
+    return (tuple(getattr(torch._C, f"_get_{name}_sdp_enabled") for name in _FLAGS),
+            tuple(getattr(torch._C, f"_set_sdp_use_{name}") for name in _FLAGS))
+
+
+def server(name: str):
+    """The server factory of backend ``name`` (``KernelFamily.server``): ``factory(config, causal,
+    lower_right) -> BackendServer``."""
+    flag = _ONLY.get(name)
+
+    def factory(config, causal, lower_right=False):
+        if config:
+            raise KernelInputError(f"a backend takes no config; got {sorted(config)}")
+        return BackendServer(flag, causal, lower_right)
+
+    return factory
+
+
 sdpa_cudnn = _sdpa("sdpa_cudnn")
 sdpa_flash = _sdpa("sdpa_flash")
 sdpa_efficient = _sdpa("sdpa_efficient")
@@ -124,11 +202,22 @@ def fa4_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+sdpa_cudnn_server = server("sdpa_cudnn")
+sdpa_flash_server = server("sdpa_flash")
+sdpa_efficient_server = server("sdpa_efficient")
+sdpa_server = server(SDPA)
+
+
 def _register() -> None:
     for name in SDPA_BACKENDS:
         if name not in FAMILIES:
             register(KernelFamily(name=name, launcher=f"backends:{name}", reference="reference:attention_reference",
-                                  space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any"))
+                                  space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any",
+                                  server=f"backends:{name}_server"))
+    if SDPA not in FAMILIES:
+        register(KernelFamily(name=SDPA, launcher="backends:sdpa", reference="reference:attention_reference",
+                              space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any",
+                              server="backends:sdpa_server", candidate=False))
     if FA4 not in FAMILIES and fa4_installed():
         register(KernelFamily(name=FA4, launcher="backends:fa4", reference="reference:attention_reference",
                               space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any",

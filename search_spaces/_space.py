@@ -26,6 +26,9 @@ class SearchSpace:
     params: tuple[tuple[str, tuple[Any, ...]], ...]
     default: tuple[tuple[str, Any], ...]
     rule_names: tuple[str, ...]
+    # parameter -> "max" or "min": the default takes the largest (smallest) value of that parameter that passes
+    # every rule at the point (e.g. attention_kv's split count: as many splits as the rules let fill the GPU)
+    prefer: tuple[tuple[str, str], ...] = ()
 
     @property
     def param_values(self) -> dict[str, tuple[Any, ...]]:
@@ -56,12 +59,26 @@ class SearchSpace:
         """The space's safe default, adjusted to the point (no causal split without causal, tiles clipped).
 
         If that still breaks a rule at the point (an FP8 recipe over a tight error budget), the valid candidate
-        that differs from it in the fewest parameters (the first such in the space's order) replaces it."""
+        that differs from it in the fewest parameters (the first such in the space's order) replaces it. Then each
+        ``default_prefer`` parameter takes its largest (smallest) value that passes the rules there."""
         config = self._clipped_default(point)
-        if profile is not None and self.violations(config, point, profile):
+        if profile is None:
+            return config
+        if self.violations(config, point, profile):
             valid = self.candidates(point, profile)
             if valid:
-                return min(valid, key=lambda c: sum(c[n] != config.get(n) for n in c))
+                config = min(valid, key=lambda c: sum(c[n] != config.get(n) for n in c))
+        return self._preferred(config, point, profile)
+
+    def _preferred(self, config: dict[str, Any], point: Any, profile: Any) -> dict[str, Any]:
+        """``config`` with each ``prefer`` parameter at its largest (or smallest) value that passes the rules."""
+        values = self.param_values
+        for name, how in self.prefer:
+            for value in sorted(values.get(name, ()), reverse=how == "max"):
+                trial = {**config, name: value}
+                if not self.violations(trial, point, profile):
+                    config = trial
+                    break
         return config
 
     def _clipped_default(self, point: Any) -> dict[str, Any]:
@@ -123,10 +140,14 @@ def load_space(kernel: str, profile: str = "default") -> SearchSpace:
         raise SpaceError(f"search_spaces/{kernel}.toml names unknown rules {unknown}; known: {sorted(RULES)}")
     if not params or not isinstance(default, dict) or set(default) != set(params):
         raise SpaceError(f"search_spaces/{kernel}.toml: [params] and [default] must name the same parameters")
+    prefer = data.get("default_prefer", {})
+    if not isinstance(prefer, dict) or any(n not in params or h not in ("max", "min") for n, h in prefer.items()):
+        raise SpaceError(f"search_spaces/{kernel}.toml: default_prefer must map parameters to \"max\" or \"min\"")
     return SearchSpace(
         kernel=kernel,
         profile=profile,
         params=tuple((n, expand(n, s)) for n, s in params.items()),
         default=tuple(default.items()),
         rule_names=tuple(data.get("rules", [])),
+        prefer=tuple(prefer.items()),
     )

@@ -312,9 +312,19 @@ def test_packing_needs_groups_and_fills_decode_tiles():
 
 def test_default_clips_key_blocks_by_the_cache_not_the_query():
     decode = default_for(KvPoint(1, 32, 8, 1, 32768, 128), H100)
-    assert decode["BLOCK_M"] == 16 and decode["BLOCK_N"] == 64 and decode["NUM_SPLITS"] == 1
+    assert decode["BLOCK_M"] == 16 and decode["BLOCK_N"] == 64
     short = default_for(KvPoint(1, 32, 8, 1, 20, 128), H100)
     assert short["BLOCK_N"] == 32
+
+
+def test_the_default_splits_the_cache_to_fill_the_gpu_where_the_batch_does_not():
+    one = default_for(KvPoint(1, 32, 8, 1, 32768, 128), H100)  # 8 packed tiles on 132 SMs: 64 splits
+    assert one["NUM_SPLITS"] == 64 and one["PACK_GQA"]
+    assert default_for(KvPoint(128, 32, 8, 1, 32768, 128), H100)["NUM_SPLITS"] == 1  # 1024 tiles fill it
+    medium = default_for(KvPoint(1, 32, 8, 1, 2300, 128), H100)  # 36 key blocks: 2 per split at most
+    assert medium["NUM_SPLITS"] == 16
+    mha = default_for(KvPoint(3, 12, 12, 1, 500, 64), H100)  # no groups to pack; 8 key blocks
+    assert not mha["PACK_GQA"] and mha["NUM_SPLITS"] == 4
 
 
 def test_rules_read_points_without_kv_fields():

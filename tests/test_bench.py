@@ -23,6 +23,8 @@ from flashcore.autotune import PROFILES, Point
 from flashcore.autotune.evaluation.bench import (NOT_ON_CPU, PROVIDERS, SDPA_BACKENDS, _bench_sdpa, bench_point, plot_bench,
                              run_bench, summarize)
 
+from _shapes import fwd_config
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 POINT_FIELDS = ("batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim", "causal", "dtype", "own_kernel",
@@ -87,7 +89,7 @@ def test_bench_point_reports_exact_source(tmp_path):
     from flashcore.autotune.core.toolchain import make_key
 
     point = Point(2, 1, 50, 32, True)
-    config = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "CAUSAL_SPLIT": False}
+    config = fwd_config(BLOCK_M=16, BLOCK_N=16, num_warps=2, CAUSAL_SPLIT=False)
     key = make_key(point, get_family("attention_fwd"), "cpu-interpreter", "cpu")
     db = tmp_path / "cache.db"
     with CacheStore.open(db) as store:

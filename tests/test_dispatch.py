@@ -17,13 +17,15 @@ from flashcore.cache import CacheStore, Entry
 from flashcore.kernels import get_family
 from flashcore.kernels.reference import attention_reference
 
+from _shapes import fwd_config
+
 FAMILY = get_family("attention_fwd")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def entry(s, b=1, h=2, d=64, causal=False, block_m=16, gpu=CPU_GPU_NAME, **key_changes):
     key = replace(make_key(Point(b, h, s, d, causal), FAMILY, gpu, "cpu"), **key_changes)
-    config = dict(BLOCK_M=block_m, BLOCK_N=16, num_warps=2, num_stages=1, CAUSAL_SPLIT=False)
+    config = fwd_config(BLOCK_M=block_m, BLOCK_N=16, num_warps=2, CAUSAL_SPLIT=False)
     return Entry(key, config, 10.0, 11.0, 12.0, 1.0, 1e-4, now_iso())
 
 
@@ -46,14 +48,21 @@ def test_exact_hit(db):
 def test_nearest_picks_the_closest_tuned_point_of_the_same_kind(db):
     assert get_kernel((1, 2, 100, 64), db=db).config["BLOCK_M"] == 16      # S 100 is closer to 64 than 512
     assert get_kernel((1, 2, 400, 64), db=db).config["BLOCK_M"] == 64
-    k = get_kernel((4, 8, 300, 64), causal=True, db=db)                     # only one causal entry
+    k = get_kernel((1, 2, 100, 64), causal=True, db=db)                     # only one causal entry
     assert k.source == "nearest" and k.config["BLOCK_M"] == 32
+    # our own config is borrowed only close by; asked for by name (or "own") it is borrowed from any distance
+    assert get_kernel((4, 8, 300, 64), causal=True, db=db).source == "default"
+    far = get_kernel((4, 8, 300, 64), causal=True, db=db, kernel="own")
+    assert far.source == "nearest" and far.config["BLOCK_M"] == 32
 
 
-@pytest.mark.parametrize("shape, kw", [((1, 2, 64, 128), {}), ((1, 2, 64, 64), {"dtype": torch.bfloat16})],
-                         ids=["other-head-dim", "other-dtype"])
-def test_default_when_nothing_of_the_same_kind_is_tuned(db, shape, kw):
-    k = get_kernel(shape, db=db, **kw)
+def test_the_other_16_bit_dtype_is_borrowed_after_the_own_one(db):
+    k = get_kernel((1, 2, 64, 64), db=db, dtype=torch.bfloat16)
+    assert k.source == "nearest" and k.entry.key.dtype == "float16" and k.config["BLOCK_M"] == 16
+
+
+def test_default_when_nothing_of_the_same_kind_is_tuned(db):
+    k = get_kernel((1, 2, 64, 128), db=db)
     assert k.source == "default" and k.entry is None
 
 
@@ -69,8 +78,10 @@ def test_stale_entries_are_never_served(tmp_path, change):
 def test_gpu_profile_name_and_exact_device_name(db):
     assert get_kernel((1, 2, 128, 64), gpu="h100", db=db).source == "exact"
     assert get_kernel((1, 2, 128, 64), gpu="NVIDIA H100 80GB HBM3", db=db).source == "exact"
-    h200 = get_kernel((1, 2, 128, 64), gpu="h200", db=db)  # not in this cache: the shipped H200 table's nearest
-    assert h200.source == "nearest" and h200.entry.key.gpu == "NVIDIA H200"
+    h200 = get_kernel((8, 8, 128, 64), gpu="h200", db=db)  # not in this cache: the shipped H200 table
+    assert h200.source == "shipped" and h200.entry.key.gpu == "NVIDIA H200"
+    near = get_kernel((8, 8, 160, 64), gpu="h200", db=db)  # close to a shipped point of our kernel
+    assert near.source == "nearest" and near.entry.key.gpu == "NVIDIA H200"
     assert get_kernel((1, 2, 64, 64), gpu="cpu", db=db).source == "exact"
 
 
@@ -104,8 +115,9 @@ def test_bad_shape_is_a_value_error():
 
 
 def test_run_time_imports_no_tuning_machinery(tmp_path):
-    code = ("import sys, autotune; k = autotune.get_kernel((1, 2, 64, 64)); "
-            "bad = [m for m in ('optuna', 'typer', 'autotune._sweep', 'autotune.cli') if m in sys.modules]; "
+    code = ("import sys; from flashcore import autotune; k = autotune.get_kernel((1, 2, 64, 64)); "
+            "bad = [m for m in ('optuna', 'typer', 'flashcore.autotune.tuning', 'flashcore.autotune.cli') "
+            "if m in sys.modules]; "
             "assert not bad, bad; print(k.source)")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1",
            "AUTOTUNE_DB": str(tmp_path / "x.db"), "HOME": str(tmp_path)}

@@ -18,8 +18,10 @@ from flashcore.kernels import KernelFamily, get_family
 from flashcore.kernels.attention_fwd.launch import attention_fwd, kernel_for
 from flashcore.kernels.attention_fwd.kernel import attn_fwd_gqa
 
+from _shapes import fwd_config
+
 CPU = PROFILES["cpu"]
-CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "CAUSAL_SPLIT": True}
+CONFIG = fwd_config(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1, CAUSAL_SPLIT=True)
 
 
 def _inputs(b, hq, hkv, lq, lk, d, dtype, seed=0):

@@ -76,7 +76,7 @@ def invoke(*args: object):
 def test_fastest_winner_per_key_and_every_trial_once(pair: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = pair
     before = state(a), state(b)
-    out = tmp_path / "out" / "merged.db"
+    out = tmp_path / "merged.db"
     report = merge_caches([a, b], out)
     assert isinstance(report, MergeReport) and report.output == out
     assert (state(a), state(b)) == before  # inputs byte-for-byte unchanged, no sidecar files left beside them
@@ -240,3 +240,65 @@ def test_cli_prints_the_summary(pair: tuple[Path, Path], tmp_path: Path) -> None
     assert "1 duplicate trials skipped" in result.output
     with CacheStore.open(tmp_path / "merged.db") as store:
         assert len(store.winners()) == 4
+
+
+# -- caches swept at the same time: every measurement is its own trial --------------------------------------------
+
+STUDY = f"{SHARED.id}-seed0-spacefeed1234"
+
+
+def swept_cache(path: Path, host: str, medians: list[float], monkeypatch, trial_ids: bool = True) -> Path:
+    """A cache written the way a sweep writes one (``tuning.sweep._record``): trial n of one seeded study proposes the
+    same config on every host, and every trial of both hosts is recorded in the same second (created_at has
+    one-second resolution); only the measurements differ. The fastest trial is the winner."""
+    from flashcore.autotune.tuning import sweep as sweep_mod
+    from flashcore.autotune.tuning.trial import TrialOutcome
+
+    monkeypatch.setattr(sweep_mod, "now_iso", lambda: "2026-12-01T10:00:00+00:00")
+    origin = {"process": f"{host}:4242"}
+    records = [sweep_mod._record(SHARED, {"BLOCK_M": 64, "n": n}, TrialOutcome(
+        "ok", median_us=m, p95_us=m * 1.1, p99_us=m * 1.2, tflops=100.0 / m, rel_err=1e-3), STUDY, n, origin)
+        for n, m in enumerate(medians)]
+    records.append(sweep_mod._record(SHARED, {"BLOCK_M": 256, "n": 9}, TrialOutcome(
+        "resources", reason="out of shared memory"), STUDY, len(medians), origin))
+    if not trial_ids:  # trials of an older FlashCore: no id of their own
+        records = [TrialRecord(**{**r.__dict__, "extra": {k: v for k, v in r.extra.items() if k != "trial_id"}})
+                   for r in records]
+    best = min((r for r in records if r.status == "ok"), key=lambda r: r.median_us)
+    return build(path, [Entry.from_trial(best)], records)
+
+
+@pytest.mark.parametrize("trial_ids", [True, False], ids=["trial-ids", "older-trials-without-ids"])
+def test_caches_swept_at_the_same_time_lose_no_trial(tmp_path: Path, monkeypatch, trial_ids: bool) -> None:
+    a = swept_cache(tmp_path / "a.db", "hostA", [30.0, 20.0, 25.0], monkeypatch, trial_ids)
+    b = swept_cache(tmp_path / "b.db", "hostB", [28.0, 12.0, 26.0], monkeypatch, trial_ids)
+    out = tmp_path / "merged.db"
+    report = merge_caches([a, b], out)
+    assert (report.trials, report.duplicate_trials) == (8, 0)
+    assert [item.trials_added for item in report.inputs] == [4, 4]
+    with CacheStore.open(out) as store:
+        (winner,) = store.winners()
+        trials = store.trials()
+    assert sorted(t.median_us for t in trials if t.status == "ok") == [12.0, 20.0, 25.0, 26.0, 28.0, 30.0]
+    assert sorted(t.extra["process"] for t in trials if t.status == "resources") == ["hostA:4242", "hostB:4242"]
+    # the winner (host B's trial 1) keeps its own trial row, though host A's trial 1 has its key, study, number,
+    # config, status and second
+    assert winner.median_us == 12.0
+    own = [t for t in trials if t.config == winner.config and t.median_us == winner.median_us]
+    assert len(own) == 1 and own[0].extra["process"] == "hostB:4242" and own[0].p99_us == winner.p99_us
+    # true duplicates are still skipped: the same files again add nothing
+    again = merge_caches([out, a, b, b], out)
+    assert (again.trials, again.duplicate_trials) == (8, 12)
+    assert [item.trials_added for item in again.inputs] == [8, 0, 0, 0]
+
+
+def test_merge_into_a_folder_that_does_not_exist_creates_nothing(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "no" / "such" / "dir" / "merged.db"
+    result = invoke(*pair, "-o", out)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(CacheError, match="does not exist"):
+        merge_caches(list(pair), out)
+    assert not (tmp_path / "no").exists()

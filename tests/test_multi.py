@@ -59,6 +59,29 @@ def test_two_device_workers_finish_the_grid_each_point_once(tmp_path):
     assert all(len(p) == 1 for p in by_key.values()), by_key  # each point tuned by one worker
     assert len({p for ps in by_key.values() for p in ps}) <= 2
 
+    # the parent's table is the one a single-process sweep prints: per point and candidate the same trial counts
+    # (ok/fail/invalid: the seeded studies propose the same configs) and marks, each point with its winner
+    table = table_rows(proc.stdout)
+    single = subprocess.run(sweep_cmd(tmp_path / "single.db"), cwd=ROOT, env=child_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = table_rows(single.stdout)
+    assert len(table) == SMOKE_POINTS and {k: v[1:] for k, v in table.items()} == {
+        k: v[1:] for k, v in expected.items()}, (table, expected)
+    assert all(row[0] != "-" and row[2] == "served own" for row in table.values()), table
+    ok = dict(rows(db, "SELECT key_id, count(*) FROM trials WHERE status = 'ok' GROUP BY key_id"))
+    assert sorted(int(row[1].split("/")[0]) for row in table.values()) == sorted(ok.values())
+
+
+def table_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """The winners table's rows: (point, candidate) -> (median µs, ok/fail/invalid, note)."""
+    out = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if len(cells) == 8 and cells[0] != "point":
+            out[(cells[0], cells[1])] = (cells[3], cells[6], cells[7])
+    return out
+
 
 @pytest.mark.parametrize("value", ["", "a", "0,0", "1,-1", "0,,1", "0;1"])
 def test_bad_devices_exit_1_with_one_line(tmp_path, value):

@@ -35,6 +35,8 @@ from flashcore.kernels._family import FAULTY_FAMILY
 from flashcore.search_spaces import load_space
 from flashcore.autotune.tuning.options import Hooks, SweepOptions
 
+from _shapes import fwd_config
+
 from _procs import ROOT, child_env, rows, sweep_cmd
 
 CPU = PROFILES["cpu"]
@@ -263,7 +265,7 @@ def test_stale_winners_are_never_served(tmp_path):
     point = Point(1, 2, 64, 32)
     family = get_family("attention_fwd")
     key = make_key(point, family, "cpu-interpreter", "cpu")
-    config = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1, CAUSAL_SPLIT=False)
+    config = fwd_config(BLOCK_M=16, BLOCK_N=16, num_warps=2, CAUSAL_SPLIT=False)
     entry = Entry(key, config, 10.0, 11.0, 12.0, 1.0, 1e-4, "2025-01-01T00:00:00+00:00")
     with CacheStore.open(db) as store:
         for change in ({"triton_version": "2.0.0"}, {"kernel_hash": "0" * 16}):

@@ -49,7 +49,7 @@ def test_served_as_shipped_on_the_toolchain_it_was_tuned_with(table, monkeypatch
     shape = (first["batch"], first["heads"], first["seq_len"], first["head_dim"])
     k = get_kernel(shape, causal=first["causal"], gpu="h100", db=tmp_path / "user.db")
     assert k.source == "shipped" and k.config == first["config"]
-    assert get_kernel((3, 8, 200, 64), gpu="h100", db=tmp_path / "user.db").source == "nearest"
+    assert get_kernel((4, 8, 200, 64), gpu="h100", db=tmp_path / "user.db").source == "nearest"  # close by
 
 
 def test_not_served_with_another_triton(table, monkeypatch, tmp_path):

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.errors import AutotuneError
+from .console import Command, Group
 
 GRID_NAMES = "smoke, smoke-gqa, small, heads, long, default, models, decode, chunked-prefill"
 
@@ -23,7 +24,18 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help, wrapped between words (console.HelpFormatter)
+    cls=Group,
 )
+_command = app.command
+
+
+def _command_with_help_layout(*args, **kwargs):
+    """``app.command``, every command with the help layout of :class:`console.Command`."""
+    return _command(*args, **{"cls": Command, **kwargs})
+
+
+app.command = _command_with_help_layout
 
 DbOption = Annotated[Optional[Path], typer.Option(
     "--db", envvar="AUTOTUNE_DB", help="Cache file (default: $AUTOTUNE_DB, else the user cache directory).",
@@ -44,7 +56,7 @@ def domain_errors():
         raise typer.Exit(1) from None
 
 
-@app.command()
+@app.command(short_help="Tune every candidate at every point of a grid, each trial gated against fp32.")
 def sweep(
     gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
                                           "or cpu (Triton's interpreter).")] = "auto",
@@ -127,7 +139,7 @@ def sweep(
         run_sweep(**kw)
 
 
-@app.command()
+@app.command(short_help="Time our best kernel, the served candidate and the SDPA backends on a grid.")
 def bench(
     grid: Annotated[str, typer.Option(help=f"Named grid: {GRID_NAMES}.")],
     gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
@@ -172,7 +184,8 @@ def bench(
                       kernel=kernels[0] if kernels else None)
 
 
-@app.command(name="study-search")
+@app.command(name="study-search", short_help="How many trials TPE and random search need to get within 3% "
+                                                "of the best config.")
 def study_search(
     grid: Annotated[str, typer.Option(help=f"Named grid: {GRID_NAMES}.")],
     gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
@@ -205,20 +218,26 @@ def study_search(
                       compile_workers=compile_workers)
 
 
-@app.command()
+@app.command(short_help="Re-run the correctness gate on every winner this toolchain would serve.")
 def validate(
     db: DbOption = None,
     gpu: Annotated[str, typer.Option(help="GPU profile: auto (read the device; cpu without one), h100, h200, "
                                           "or cpu (Triton's interpreter).")] = "auto",
-    drop: Annotated[bool, typer.Option(help="Delete the winners that fail (otherwise exit 1 if any "
-                                            "fails).")] = False,
+    drop: Annotated[bool, typer.Option("--drop", help="Delete the cache's winners that fail (otherwise exit 1 "
+                                                      "if any fails).")] = False,
+    shipped: Annotated[bool, typer.Option("--shipped/--no-shipped", help="Also validate the tables shipped with "
+                                          "the package (the default); --no-shipped validates only the "
+                                          "cache.")] = True,
 ) -> None:
-    """Re-run the correctness gate on every winner this toolchain would serve on this device."""
+    """Re-run the correctness gate on every winner this toolchain would serve on this device: the cache's and
+    the shipped tables'. A row of the cache that is not a valid winner is reported in one line and skipped.
+
+    Exit code 1 if a winner fails (and is not dropped) or a row cannot be read."""
     from .validate import run_validate
 
     with domain_errors():
-        failed = run_validate(db=db, gpu=gpu, drop=drop)
-    if failed and not drop:
+        problems = run_validate(db=db, gpu=gpu, drop=drop, shipped=shipped)
+    if problems:
         raise typer.Exit(1)
 
 
@@ -246,7 +265,7 @@ def export(
 
 @app.command(name="import")
 def import_(
-    file: Annotated[Path, typer.Argument(help="A JSON table written by `autotune export`.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A JSON table written by `autotune export`.")],
     db: DbOption = None,
     replace: Annotated[bool, typer.Option(help="Overwrite existing winners even when they are faster.")] = False,
 ) -> None:
@@ -271,8 +290,9 @@ def merge(
     inputs: Annotated[list[Path], typer.Argument(
         help="Cache files to merge (A.db B.db ...): only read, never modified. List OUT among them to merge into it.",
         metavar="INPUT.db", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The merged cache to write (built in a temporary "
-                                                                "file next to it, renamed at the end).")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="OUT.db", help="The merged cache to write "
+                                         "(built in a temporary file next to it, renamed at the end; its folder "
+                                         "must exist).")],
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists and is not one of the "
                                                  "inputs.")] = False,
 ) -> None:

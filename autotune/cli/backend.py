@@ -7,7 +7,10 @@ import sys
 
 from ..core.errors import AutotuneError
 
-_JIT_MODULES = ("kernels.attention_fwd",)
+# the modules whose import decorates Triton / Gluon kernels (compiled, or interpreted, from then on)
+_JIT_MODULES = tuple(f"flashcore.kernels.{name}" for name in (
+    "attention_fwd.kernel", "attention_kv.kernel", "attention_fp8.kernel", "attention_fp8.quant_fused",
+    "attention_gluon.kernel"))
 
 
 def select_backend(profile) -> None:

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .backend import select_backend
 from .console import console as make_console
+from ..core.errors import AutotuneError
 from ..core.numbers import finite
 from ..core.problem import format_config
 from ..tuning.grids import get_grid
@@ -26,6 +28,7 @@ def run_bench_cli(*, gpu: str, grid: str, db: Path | None, dtype: str | None, ou
     """The body of `autotune bench`: everything but the typer signature."""
     from ..core.problem import torch_dtype
 
+    check_outputs(out, plot)
     if dtype is not None:
         torch_dtype(dtype)
     profile = resolve_profile(gpu)
@@ -53,21 +56,27 @@ def run_bench_cli(*, gpu: str, grid: str, db: Path | None, dtype: str | None, ou
     write_results(console, result, out, plot, plot_bench)
 
 
-def bench_table(result: dict[str, Any]) -> Table:
-    """The rich table: per point, our own best kernel and what is served (candidate, source, time), TF/s per
-    provider, the ratios."""
+def bench_table(result: dict[str, Any]) -> Group:
+    """Two tables, each narrow enough to read: per point, our own best kernel and what is served (candidate,
+    config, source, time, error); then TF/s per provider and the ratios. Point labels are never cut."""
     prov = result["provenance"]
-    table = Table(title=f"bench on {prov.get('gpu')}: {prov.get('timing')}")
-    for col in ("point", "own", "own µs", "served", "served µs", "own TF/s", "served TF/s", "flash TF/s",
-                "cudnn TF/s", "efficient TF/s", "best SDPA / own", "best SDPA / served", "own rel err"):
-        table.add_column(col, justify="left" if col in ("point", "own", "served") else "right")
-    for r in result["points"]:
-        table.add_row(r["label"], _candidate(r, "own"), _num(r["own_us"], ".1f"), _candidate(r, "served"),
-                      _num(r["served_us"], ".1f"),
-                      *(_tf(r[f"{p}_tflops"]) for p in ("own", "served", "flash", "cudnn", "efficient")),
-                      _num(r["best_sdpa_over_own"], ".2f", "×"), _num(r["best_sdpa_over_served"], ".2f", "×"),
-                      _num(r["own_rel_err"], ".1e"))
-    return table
+    rows = result["points"]
+    who = Table(title=f"bench on {prov.get('gpu')}: {prov.get('timing')}")
+    who.add_column("point", no_wrap=True)
+    for col in ("own", "own µs", "served", "served µs", "own rel err"):
+        who.add_column(col, justify="right" if "µs" in col or "err" in col else "left",
+                       no_wrap="µs" in col or "err" in col)
+    for r in rows:
+        who.add_row(r["label"], _candidate(r, "own"), _num(r["own_us"], ".1f"), _candidate(r, "served"),
+                    _num(r["served_us"], ".1f"), _num(r["own_rel_err"], ".1e"))
+    speed = Table(title="TF/s per provider, and the best SDPA backend's time over ours (> 1: ours is faster)")
+    speed.add_column("point", no_wrap=True)
+    for col in ("own", "served", "flash", "cudnn", "efficient", "best SDPA / own", "best SDPA / served"):
+        speed.add_column(col, justify="right")
+    for r in rows:
+        speed.add_row(r["label"], *(_tf(r[f"{p}_tflops"]) for p in ("own", "served", "flash", "cudnn", "efficient")),
+                      _num(r["best_sdpa_over_own"], ".2f", "×"), _num(r["best_sdpa_over_served"], ".2f", "×"))
+    return Group(who, speed)
 
 
 def _candidate(row: dict[str, Any], which: str) -> str:
@@ -137,11 +146,32 @@ def with_progress(console, points: list, run: Callable[[Callable], dict[str, Any
         return run(on_point)
 
 
+def check_outputs(*paths: Path | None) -> None:
+    """Refuse, before anything runs, an output file (``--out``, ``--plot``) that is a folder or whose folder does
+    not exist: FlashCore creates folders only for its default cache location."""
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise AutotuneError(f"{path} is a directory; give a file name")
+        if not path.parent.is_dir():
+            raise AutotuneError(f"the folder {path.parent} of {path} does not exist")
+
+
+def with_null_provenance(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with provenance values that say "None" (``torch.version.cuda`` of a CPU build) as JSON null."""
+    prov = result.get("provenance")
+    if not isinstance(prov, dict):
+        return result
+    return {**result, "provenance": {k: None if v == "None" else v for k, v in prov.items()}}
+
+
 def write_results(console, result: dict[str, Any], out: Path | None, plot: Path | None,
                   plot_fn: Callable[[dict[str, Any], Path], None]) -> None:
     """Write ``result`` as JSON to ``out`` and its plot to ``plot`` (each atomically, each optional)."""
     if out is not None:
-        text = json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n"
+        text = json.dumps(strict_json(with_null_provenance(result)), indent=2, allow_nan=False) + "\n"
         _atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         if console is not None:  # None: a partial result rewritten after each point, quietly
             console.print(f"wrote {out}")
@@ -151,9 +181,9 @@ def write_results(console, result: dict[str, Any], out: Path | None, plot: Path 
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` through a temp file in its folder, renamed over it only once complete."""
+    """Write ``path`` through a temp file in its folder (which must exist), renamed over it only once complete."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_outputs(path)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)

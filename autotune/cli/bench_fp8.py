@@ -1,15 +1,16 @@
 """`autotune bench --dtype fp8`: resolve the profile and grid, bench under a progress bar, print the table, write
-the JSON and the PNG (the FP8 kernel, the tuned fp16 kernel and the SDPA backends; ``autotune._bench_fp8``)."""
+the JSON and the PNG (the FP8 kernel, the tuned fp16 kernel and the SDPA backends; ``evaluation.bench_fp8``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from .backend import select_backend
-from .bench import _escape, _num, _tf, with_progress, write_results
+from .bench import _escape, _num, _tf, check_outputs, with_progress, write_results
 from .console import console as make_console
 from ..tuning.grids import get_grid
 from ..runtime.paths import resolve_db
@@ -19,6 +20,7 @@ from ..core.profiles import resolve_profile
 def run_bench_fp8_cli(*, gpu: str, grid: str, db: Path | None, fp16_db: Path | None, dtype: str,
                       out: Path | None, plot: Path | None, rep_ms: int, seed: int = 0) -> None:
     """The body of `autotune bench --dtype fp8`: ``dtype`` is the resolved label ("fp8", "fp8-tol0.03")."""
+    check_outputs(out, plot)
     profile = resolve_profile(gpu)
     points = get_grid(grid, dtype)
     select_backend(profile)  # before anything imports the kernels
@@ -50,26 +52,31 @@ def run_bench_fp8_cli(*, gpu: str, grid: str, db: Path | None, fp16_db: Path | N
     write_results(console, result, out, plot, plot_fn)
 
 
-def fp8_table(result: dict[str, Any]) -> Table:
-    """Per point: the FP8 config's source and recipe, its time, TF/s (fp8 alone, with quantization, the tuned
-    fp16 kernel, the best SDPA backend), the ratios and the FP8 errors (every provider's figures are in the JSON)."""
+def fp8_table(result: dict[str, Any]) -> Group:
+    """Two tables: per point the FP8 config's source and recipe, its time and errors; then TF/s (fp8 alone, with
+    quantization, the tuned fp16 kernel, the best SDPA backend) and the ratios (every figure is in the JSON)."""
     from ..evaluation.bench import SDPA_BACKENDS
 
     prov = result["provenance"]
-    table = Table(title=f"FP8 bench on {prov.get('gpu')} (budget {prov.get('fp8_tol')}): {prov.get('timing')}")
-    cols = ("point", "source fp8/fp16", "recipe", "fp8 µs", "fp8 TF/s", "e2e TF/s", "fp16 TF/s", "best SDPA TF/s",
-            "fp16 / fp8", "fp16 / e2e", "rel err", "outliers", "cosine")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("point", "source fp8/fp16", "recipe") else "right")
-    for r in result["points"]:
+    rows = result["points"]
+    config = Table(title=f"FP8 bench on {prov.get('gpu')} (budget {prov.get('fp8_tol')}): {prov.get('timing')}")
+    config.add_column("point", no_wrap=True)
+    for col in ("source fp8/fp16", "recipe", "fp8 µs", "rel err", "outliers", "cosine"):
+        config.add_column(col, justify="left" if col in ("source fp8/fp16", "recipe") else "right")
+    for r in rows:
+        config.add_row(r["label"], f"{r['source']}/{r['tuned_source']}", r.get("recipe") or "-",
+                       _num(r["fp8_us"], ".1f"), _num(r["fp8_rel_err"], ".2e"), _num(r["fp8_outlier_rel_err"], ".2e"),
+                       _num(r["fp8_cosine"], ".5f"))
+    speed = Table(title="TF/s, and the tuned fp16 kernel's time over FP8's (> 1: FP8 is faster)")
+    speed.add_column("point", no_wrap=True)
+    for col in ("fp8 TF/s", "e2e TF/s", "fp16 TF/s", "best SDPA TF/s", "fp16 / fp8", "fp16 / e2e"):
+        speed.add_column(col, justify="right")
+    for r in rows:
         sdpa = [r[f"{b}_tflops"] for b in SDPA_BACKENDS if r.get(f"{b}_tflops") is not None]
-        table.add_row(r["label"], f"{r['source']}/{r['tuned_source']}", r.get("recipe") or "-",
-                      _num(r["fp8_us"], ".1f"), *(_tf(r[f"{p}_tflops"]) for p in ("fp8", "fp8_e2e", "tuned")),
+        speed.add_row(r["label"], *(_tf(r[f"{p}_tflops"]) for p in ("fp8", "fp8_e2e", "tuned")),
                       _tf(max(sdpa) if sdpa else None),
-                      _num(r["tuned_over_fp8"], ".2f", "×"), _num(r["tuned_over_fp8_e2e"], ".2f", "×"),
-                      _num(r["fp8_rel_err"], ".2e"), _num(r["fp8_outlier_rel_err"], ".2e"),
-                      _num(r["fp8_cosine"], ".5f"))
-    return table
+                      _num(r["tuned_over_fp8"], ".2f", "×"), _num(r["tuned_over_fp8_e2e"], ".2f", "×"))
+    return Group(config, speed)
 
 
 def fp8_summary_lines(result: dict[str, Any]) -> list[str]:

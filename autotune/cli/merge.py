@@ -16,7 +16,7 @@ def run_merge(inputs: list[Path], output: Path, overwrite: bool) -> None:
     report = merge_caches(inputs, output, overwrite=overwrite)
     table = Table(title=f"merged {len(report.inputs)} caches into {report.output}")
     for col in ("input", "schema", "winners", "trials", "winners kept", "trials added"):
-        table.add_column(col, justify="left" if col == "input" else "right")
+        table.add_column(col, justify="left" if col == "input" else "right", overflow="fold")
     for item in report.inputs:
         table.add_row(str(item.path), str(item.schema_version), str(item.winners), str(item.trials),
                       str(item.winners_kept), str(item.trials_added))
@@ -26,4 +26,5 @@ def run_merge(inputs: list[Path], output: Path, overwrite: bool) -> None:
     out = make_console()
     out.print(table)
     out.print(f"{report.winners} winners (the fastest per key) and {report.trials} trials written to "
-              f"{report.output}; {report.duplicate_trials} duplicate trials skipped")
+              f"{report.output}; {report.duplicate_trials} duplicate trials skipped (the same trial read from "
+              "several inputs)")

@@ -2,22 +2,28 @@
 
 Each worker is a plain ``python -m flashcore.autotune sweep`` with the same arguments (less ``--devices``) and
 ``CUDA_VISIBLE_DEVICES`` set to its device, so it keeps the sweep's trial isolation and resume. The workers
-share the grid through the point claims of ``autotune._worker`` (lock files in ``<db>.claims/``): a point is
-tuned by one of them and skipped by the others once it has a winner. The parent streams their output, one
-line at a time, prefixed ``[gpu N]``; it prints the winners table once at the end and fails if any worker did.
+share the grid through the point claims of ``tuning.worker.PointClaim`` (lock files in ``<db>.claims/``): a
+point is tuned by one of them and skipped by the others once it has a winner. The parent streams their output,
+one line at a time, prefixed ``[gpu N]``. Each worker writes what it did at each point (``PointResult``: trials,
+best, valid configs, invalid proposals, why its study stopped) to a file the parent names (``cli.reports``); the
+parent prints the winners table once at the end from those reports, the same table a single-process sweep
+prints, and fails if any worker did.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import AutotuneError
+from .reports import RESULTS_ENV, load_results
 
 
 
@@ -73,8 +79,8 @@ def _visible(device: int) -> str:
 def run_multi(devices: str, **kw: Any) -> int:
     """Run one sweep worker per device of ``devices`` (see the module doc); returns the exit code (0 or 1).
 
-    ``kw`` are :func:`autotune._cli_sweep.run_sweep`'s arguments. Bad arguments raise ``AutotuneError`` before
-    any worker starts.
+    ``kw`` are :func:`cli.sweep.run_sweep`'s arguments. Bad arguments raise ``AutotuneError`` before any worker
+    starts.
     """
     import torch
 
@@ -85,9 +91,9 @@ def run_multi(devices: str, **kw: Any) -> int:
     from ..runtime.paths import resolve_db
     from ..tuning.options import SweepOptions
     from ..tuning.storage import make_storage, redact
-    from ..tuning.sweep import PointResult, cached
+    from ..tuning.sweep import cached
     from .console import console as make_console
-    from .sweep import CHILD_ENV, summary_table, sweep_points
+    from .sweep import CHILD_ENV, report_results, sweep_points
 
     profile = resolve_profile(kw["gpu"])
     count = None if profile.interpreter else torch.cuda.device_count()
@@ -121,9 +127,11 @@ def run_multi(devices: str, **kw: Any) -> int:
                 sys.stderr.flush()
 
     threads = []
+    report_dir = tempfile.TemporaryDirectory(prefix="flashcore-sweep-")
     try:
         for d in ids:
-            env = {**os.environ, "CUDA_VISIBLE_DEVICES": _visible(d), CHILD_ENV: "1", "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": _visible(d), CHILD_ENV: "1", "PYTHONUNBUFFERED": "1",
+                   RESULTS_ENV: str(Path(report_dir.name) / f"gpu{d}.json")}
             proc = subprocess.Popen([sys.executable, "-m", "flashcore.autotune", "sweep", *args], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     text=True, errors="replace")
@@ -146,25 +154,41 @@ def run_multi(devices: str, **kw: Any) -> int:
     finally:
         for t in threads:
             t.join(timeout=5)
+        by_key: dict[str, list] = {}
+        for d in ids:
+            for res in load_results(Path(report_dir.name) / f"gpu{d}.json", jobs):
+                by_key.setdefault(res.key.id, []).append(res)
+        report_dir.cleanup()
 
-    results = []
     with CacheStore.open(path) as store:
-        for point, key in jobs:
-            res = cached(point, key, store) or PointResult(point, key)
-            res.skipped = key.id in cached_before and not kw["retune"]
-            res.trials = [] if res.skipped else store.trials(key)
-            results.append(res)
+        results = [_one_result(point, key, by_key.get(key.id, []), key.id in cached_before and not kw["retune"],
+                               store) for point, key in jobs]
     from ..runtime.dispatch import clear_cache
 
     clear_cache()
-    make_console().print(summary_table(results))
+    report_results(results, console)
     failed = {d: c for d, c in codes.items() if c != 0}
-    missing = sorted({r.point.label for r in results} - {r.point.label for r in results if r.best is not None})
-    if missing:
-        console.print(f"[yellow]no winner at {len(missing)} point(s): {', '.join(missing)}[/]", highlight=False)
     if failed:
         console.print("error: sweep worker(s) failed: "
                       + ", ".join(f"gpu {d} (exit code {c})" for d, c in sorted(failed.items())),
                       highlight=False, markup=False)
         return 1
     return 0
+
+
+def _one_result(point, key, reports: list, cached_before: bool, store):
+    """The result of one (point, candidate) for the table: the report of the worker that tuned it (if several did,
+    as with --retune, the fastest), else the cached winner it was skipped for."""
+    from ..tuning.sweep import PointResult, cached
+
+    if reports:
+        best = min(reports, key=lambda r: (r.skipped, r.stopped == "time budget", r.best is None,
+                                           r.best.median_us if r.best is not None else math.inf))
+        if not best.skipped or cached_before:
+            return best
+    res = cached(point, key, store) or PointResult(point, key)
+    res.skipped = cached_before
+    if not cached_before:  # tuned in this run by a worker that failed before it could report
+        res.trials = store.trials(key)
+        res.error = "its sweep worker failed before reporting"
+    return res

@@ -20,11 +20,12 @@ from ..core.profiles import resolve_profile
 def run_study_cli(*, gpu: str, grid: str, seeds: int, out: Path | None, plot: Path | None, dtype: str = "float16",
                   rep_ms: int = 100, compile_workers: int | None = None) -> dict[str, Any]:
     """The body of `autotune study-search`: everything but the typer signature. Returns the JSON document."""
-    from .bench import write_results
+    from .bench import check_outputs, write_results
     from ..core.problem import torch_dtype
     from ..evaluation.study_search import run_study
     from ..tuning.worker import default_timeout
 
+    check_outputs(out, plot)
     torch_dtype(dtype)
     profile = resolve_profile(gpu)
     points = get_grid(grid, dtype)
@@ -74,7 +75,7 @@ def study_table(result: dict[str, Any]) -> Table:
     """Trials to within 3% of the exhaustive best: median (range) over the seeds, per point."""
     table = Table(title="trials to within 3% of the exhaustive best (median, range over seeds)")
     for col in ("point", "valid configs", "best µs", "TPE", "random"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "point")
     for row in result["points"]:
         best = row["exhaustive_best_us"]
         table.add_row(_label(row), str(row["valid_configs"]), "-" if best is None else f"{best:.1f}",

@@ -1,6 +1,6 @@
 """`autotune sweep`: resolve the profile and grid, run the sweep under a progress bar, print the winners.
 
-Trials always run in a worker process (``autotune._worker``); every failed trial is logged with its reason.
+Trials always run in a worker process (``tuning.worker``); every failed trial is logged with its reason.
 The per-trial timeout is $FLASHCORE_TRIAL_TIMEOUT seconds (default 120 on a GPU, 900 on cpu).
 """
 
@@ -103,8 +103,18 @@ def run_sweep(*, gpu: str, grid: str | None, trials: int | None, db: Path | None
             results = sweep(points, store, opts, Hooks(on_point=on_point, on_trial=on_trial, on_done=on_done,
                                                        on_wait=on_wait))
     clear_cache()
-    if os.environ.get(CHILD_ENV) != "1":
-        make_console().print(summary_table(results))
+    if os.environ.get(CHILD_ENV) == "1":  # a worker of `sweep --devices`: its parent prints the table
+        from .reports import RESULTS_ENV, dump_results
+
+        if os.environ.get(RESULTS_ENV):
+            dump_results(os.environ[RESULTS_ENV], results)
+        return
+    report_results(results, console)
+
+
+def report_results(results, console) -> None:
+    """The winners table on stdout, then (on ``console``) the points left for later and those without a winner."""
+    make_console().print(summary_table(results))
     late = sorted({r.point.label for r in results if r.stopped == "time budget"})
     if late:
         console.print(f"[yellow]not tuned: time budget at {len(late)} point(s): {', '.join(late)}; "
@@ -173,7 +183,7 @@ def summary_table(results) -> Table:
                 own[r.point] = r.best
     table = Table(title="winners")
     for col in ("point", "candidate", "config", "median µs", "TF/s", "rel err", "ok/fail/invalid", "note"):
-        table.add_column(col)  # invalid: never run
+        table.add_column(col, no_wrap=col in ("point", "candidate"))  # invalid: never run
     for r in results:
         ok = sum(t.status == "ok" for t in r.trials)
         invalid = sum(t.status == "invalid" for t in r.trials) + r.invalid + len(r.pruned)

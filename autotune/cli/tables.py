@@ -12,13 +12,22 @@ from ..core.problem import Point, format_config
 from ..runtime.paths import resolve_db
 
 
-def _open_existing(db: Path | None):
-    from flashcore.cache import CacheStore
-
+def _existing(db: Path | None) -> Path:
     path = resolve_db(db)
     if not path.exists():
         raise AutotuneError(f"no cache at {path} (run `autotune sweep` first, or pass --db)")
-    return CacheStore.open(path)
+    return path
+
+
+def _winners(db: Path | None) -> tuple[list, int]:
+    """The cache's valid winners, and how many rows were not one (each reported on stderr in one line)."""
+    from .rows import read_winners
+
+    entries, problems = read_winners(_existing(db))
+    log = make_console(stderr=True)
+    for line in problems:
+        log.print(f"warning: {line}", markup=False, highlight=False)
+    return entries, len(problems)
 
 
 def show_winners(db: Path | None) -> None:
@@ -28,11 +37,11 @@ def show_winners(db: Path | None) -> None:
 
     triton_version = versions()[0]
     known = {f.name: f for f in families()}
-    with _open_existing(db) as store:
-        entries = store.winners()
-    table = Table(title=f"{len(entries)} cached winners ({resolve_db(db)})")
+    entries, bad = _winners(db)
+    table = Table(title=f"{len(entries)} cached winners ({resolve_db(db)})"
+                        + (f", {bad} unreadable row(s) skipped" if bad else ""))
     for col in ("gpu", "kernel", "point", "config", "median µs", "TF/s", "served"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "point")
     for e in sorted(entries, key=lambda e: (e.key.gpu, e.key.kernel, e.key.dtype, e.key.causal, e.key.head_dim,
                                              e.key.seq_len, e.key.kv_len, e.key.batch, e.key.heads)):
         k = e.key
@@ -58,11 +67,12 @@ def export_winners(db: Path | None, fmt: str, output: Path | None) -> None:
 
     if fmt not in ("json", "csv"):
         raise AutotuneError(f"unknown format {fmt!r}; choose json or csv")
-    with _open_existing(db) as store:
-        entries = store.winners()
+    entries, _ = _winners(db)
     if fmt == "json":
         device = cuda_device() or ("cpu", "cpu")
-        text = write_json(entries, output, provenance=provenance(*device))
+        # a table's provenance holds strings only: a torch without CUDA has no "cuda" entry (not the text "None")
+        prov = {k: v for k, v in provenance(*device).items() if v not in (None, "None")}
+        text = write_json(entries, output, provenance=prov)
     else:
         text = write_csv(entries, output)
     if output is None:
@@ -85,7 +95,7 @@ def show_misses(db: Path | None) -> None:
     from ..runtime.misses import read_misses
 
     path = resolve_db(db)
-    misses = read_misses(path)
+    misses = read_misses(path, drop_tuned=True)  # shapes tuned since they were missed are done
     table = Table(title=f"{len(misses)} missed shapes ({path}.misses.jsonl)")
     for col in ("gpu", "served by", "point", "lookups"):
         table.add_column(col)

@@ -1,14 +1,19 @@
 """Run time: ``get_kernel(shape)`` serves the fastest correct candidate from the cache and never tunes.
 
 A candidate is a config of one of our kernel families or a backend (PyTorch's SDPA backends, FlashAttention-4):
-whatever a sweep found fastest and correct at the point. Lookup order: the point in the user's cache ("exact"),
-else in the tables shipped with the package under ``cache/tables/`` ("shipped"), else the closest tuned point
-of the same GPU, dtype, mask, head dim and regime (equal lengths, or a KV cache) whose candidate can compute this
-problem ("nearest"), else the safe
-default config of our kernel ("default"). "nearest" and "default" lookups are recorded as misses next to the
-cache file (``autotune misses``). Only entries this process may serve are considered (``servable``: for our
-kernels the Triton version and the JIT source's hash, for a backend the torch and library builds). The cache
-file is read once per process; after the first call for a shape, get_kernel is a dictionary lookup.
+whatever a sweep found fastest and correct at the point. Lookup order:
+1. "exact": the point in the user's cache, else in the tables shipped under ``cache/tables/`` ("shipped");
+2. "nearest": the closest tuned point of the same GPU, mask, head dim and regime (equal lengths, or a KV cache;
+   the point's own dtype first, then the other 16-bit one). A backend's choice is borrowed from any distance; our
+   own config only close by and where it beat the backends there (``_nearest``: OWN_REACH, OWN_MARGIN);
+3. "default": on a GPU, SDPA as the user would call it (the "sdpa" candidate: SDPA picks its backend), so that
+   a shape no table covers is never slower than without FlashCore. ``kernel="own"`` (or a family's name), and
+   Triton's CPU interpreter (where speed means nothing and our kernels are what is being tried), instead serve
+   the safe default config of our kernel (split-KV filled to the GPU for decode).
+"nearest" and "default" lookups are recorded as misses next to the cache file (``autotune misses``). Only
+entries this process may serve are considered (``servable``: for our kernels the Triton version and the JIT
+source's hash, for a backend the torch and library builds; ``index.usable``: a config its family can run). The
+cache file is read once per process; after the first call for a shape, get_kernel is a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any
 import torch
 
 from flashcore.cache import Entry
-from flashcore.kernels import ensure_backend, families, get_family
+from flashcore.kernels import families, get_family
+from flashcore.kernels._common import interpreting
 
 from ..core.problem import Point, distance, dtype_name
 from ..core.profiles import CPU_GPU_NAME, PROFILES, cuda_device, serving_profile
@@ -30,18 +36,26 @@ from .misses import record_miss
 from .paths import resolve_db
 
 OWN = "own"  # get_kernel(kernel="own"): our kernels only, no backend
-DEFAULT_FAMILIES = ("attention_fwd", "attention_kv")  # what "default" serves, the first that can
+DEFAULT_FAMILIES = ("attention_fwd", "attention_kv")  # our "default" for kernel="own", the first that can
+SDPA = "sdpa"  # SDPA's own choice (kernels/backends.py): what a miss serves when any candidate may serve it
+# An own config borrowed from another tuned point (a "nearest" lookup) must be within this distance of it
+# (core.problem.distance: log2 steps of the lengths and of batch x heads; 2.0 is a factor 4 in all, e.g. twice
+# the kv length and twice the batch) and have beaten the best backend there by this factor: its tiles per SM and
+# loop lengths change by at most that much, and a 3% lead is the timing noise of a sweep twice over.
+OWN_REACH = 2.0
+OWN_MARGIN = 0.97
 
 
 class TunedKernel:
     """A candidate bound to one config. Call it as ``kernel(q, k, v, sm_scale=None) -> out``.
 
-    ``.kernel`` names the candidate (a kernel family, or a backend such as "sdpa_cudnn"), ``.config`` is its
-    config dict, ``.source`` says where it came from ("exact", "shipped", "nearest", "default"), ``.entry`` is
-    the cache entry it came from (None for "default").
+    ``.kernel`` names the candidate (a kernel family, a backend such as "sdpa_cudnn", or "sdpa": SDPA's own
+    choice, served where nothing tuned applies), ``.config`` is its config dict, ``.source`` says where it came
+    from ("exact", "shipped", "nearest", "default"), ``.entry`` is the cache entry it came from (None for
+    "default"). Tensors on the CPU outside Triton's interpreter are computed by SDPA (our kernels need a GPU).
     """
 
-    __slots__ = ("config", "source", "entry", "causal", "kernel", "lower_right", "_launch")
+    __slots__ = ("config", "source", "entry", "causal", "kernel", "lower_right", "_launch", "_run")
 
     def __init__(self, config: dict[str, Any], source: str, entry: Entry | None, causal: bool, kernel: str,
                  lower_right: bool = False):
@@ -51,7 +65,7 @@ class TunedKernel:
         self.causal = causal
         self.kernel = kernel
         self.lower_right = lower_right
-        self._launch = None
+        self._launch = self._run = None
 
     @property
     def backend(self) -> bool:
@@ -59,14 +73,27 @@ class TunedKernel:
         return get_family(self.kernel).kind == "backend"
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None):
+        if not q.is_cuda and not interpreting():
+            return self._on_cpu(q, k, v, sm_scale)
         launch = self._launch
         if launch is None:
-            launch = self._launch = self._launcher()
+            launch = self._launch = get_family(self.kernel).serving_fn(self.config, self.causal, self.lower_right)
         return launch(q, k, v, sm_scale)
 
-    def _launcher(self):
-        """``(q, k, v, sm_scale) -> out``: what the family serves (``KernelFamily.serving_fn``), bound to the config."""
-        return get_family(self.kernel).serving_fn(self.config, self.causal, self.lower_right)
+    def runner(self):
+        """``(q, k, v, sm_scale) -> out`` without the input checks of ``__call__`` (where the server has a
+        checked and an unchecked entry), for callers that checked the call already: the drop-in op."""
+        run = self._run
+        if run is None:
+            if self._launch is None:
+                self._launch = get_family(self.kernel).serving_fn(self.config, self.causal, self.lower_right)
+            run = self._run = getattr(self._launch, "run", self._launch)
+        return run
+
+    def _on_cpu(self, q, k, v, sm_scale):
+        from flashcore.kernels.backends import BackendServer
+
+        return BackendServer(None, self.causal, self.lower_right)(q, k, v, sm_scale)
 
     def __repr__(self) -> str:
         return f"TunedKernel(kernel={self.kernel!r}, source={self.source!r}, config={self.config!r})"
@@ -106,11 +133,28 @@ def get_kernel(shape: Sequence[int], dtype: torch.dtype | str = torch.float16, c
     return hit
 
 
+_RUNNERS: dict[tuple, Any] = {}
+
+
+def runner_for(q: torch.Tensor, k: torch.Tensor, causal: bool, lower_right: bool):
+    """The unchecked runner (``TunedKernel.runner``) of the candidate get_kernel serves for q and k: the drop-in
+    op's hot path, for calls it checked already. One dictionary lookup per call (kv lengths other than L by
+    power of two, as get_kernel)."""
+    s, lq = k.shape[2], q.shape[2]
+    key = (q.shape, k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, causal, lower_right)
+    run = _RUNNERS.get(key)
+    if run is None:
+        run = _RUNNERS[key] = get_kernel(q.shape, q.dtype, causal, kv_heads=k.shape[1], kv_len=s,
+                                         lower_right=lower_right).runner()
+    return run
+
+
 def clear_cache() -> None:
     """Forget what was read from cache files (call after a sweep wrote new winners in this process) and the
     fast launch path's recorded launches."""
     _index.clear()
     _MEMO.clear()
+    _RUNNERS.clear()
     import sys
 
     fast = sys.modules.get("flashcore.kernels.attention_fwd.fastlaunch")  # only if it was ever loaded
@@ -131,7 +175,8 @@ def _can_serve(entry: Entry, point: Point, allowed: set[str]) -> bool:
     if entry.key.kernel not in allowed:
         return False
     family = get_family(entry.key.kernel)
-    return family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len, point.head_dim) is None
+    return (family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len, point.head_dim) is None
+            and _index.usable(entry))
 
 
 def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKernel:
@@ -145,14 +190,11 @@ def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKerne
         if found:
             entry = min(found, key=lambda e: e.median_us)
             return TunedKernel(dict(entry.config), source, entry, point.causal, entry.key.kernel, point.lower_right)
-    near = [(rank, e) for rank, (_, index) in enumerate(indexes) for name in names
-            for e in index.groups.get(group_key(name, point), ())
-            if _can_serve(e, point, allowed)]
-    if near:
-        closest = min(distance(e.key, point) for _, e in near)
-        ties = [(rank, e) for rank, e in near if distance(e.key, point) == closest]
-        _, entry = min(ties, key=lambda r: (r[0], r[1].median_us))
+    entry = _nearest(point, names, indexes, allowed, bounded=kernel is None)
+    if entry is not None:
         found = TunedKernel(dict(entry.config), "nearest", entry, point.causal, entry.key.kernel, point.lower_right)
+    elif SDPA in allowed and names and names[0] != CPU_GPU_NAME:
+        found = TunedKernel({}, "default", None, point.causal, SDPA, point.lower_right)
     else:
         found = _default(point, names, allowed)
     record_miss(path, shape=(point.batch, point.heads, point.seq_len, point.head_dim), dtype=point.dtype,
@@ -161,11 +203,49 @@ def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKerne
     return found
 
 
+def _nearest(point: Point, names: list[str], indexes, allowed: set[str], bounded: bool) -> Entry | None:
+    """The entry to borrow from the closest tuned point of the same group (``index.group_key``): the point's own
+    dtype before the other 16-bit one, then ``distance``, then the user's cache before the shipped tables.
+
+    Unbounded (``kernel="own"`` or a family asked for by name): the fastest allowed entry there. Bounded (the
+    fastest candidate asked for): a backend's choice travels to any point of the group (a backend handles every
+    shape itself), but our own config only where it is known to stay ahead: within ``OWN_REACH`` of the tuned
+    point, at the same query-heads-per-kv-head group, and where it beat the best backend measured there by
+    ``OWN_MARGIN`` or more. Otherwise the best backend measured there, else None (SDPA's own choice)."""
+    near = [(rank, e) for rank, (_, index) in enumerate(indexes) for name in names
+            for e in index.groups.get(group_key(name, point), ()) if _can_serve(e, point, allowed)]
+    if not near:
+        return None
+
+    def order(item):
+        rank, e = item
+        return (e.key.dtype != point.dtype, distance(e.key, point), rank)
+
+    first = min(near, key=order)
+    where = order(first)
+    at = [e for rank, e in near if order((rank, e)) == where and _same_point(e, first[1])]
+    best = min(at, key=lambda e: e.median_us)
+    if not bounded or get_family(best.key.kernel).kind == "backend":
+        return best
+    theirs = [e for e in at if get_family(e.key.kernel).kind == "backend"]
+    close = (distance(best.key, point) <= OWN_REACH
+             and best.key.heads // best.key.kv_heads == point.heads // point.kv_heads)
+    ahead = not theirs or best.median_us <= OWN_MARGIN * min(e.median_us for e in theirs)
+    if close and ahead:
+        return best
+    return min(theirs, key=lambda e: e.median_us) if theirs else None
+
+
+def _same_point(a: Entry, b: Entry) -> bool:
+    ka, kb = a.key, b.key
+    return (ka.gpu, ka.dtype, ka.batch, ka.heads, ka.kv_heads, ka.seq_len, ka.kv_len) == (
+        kb.gpu, kb.dtype, kb.batch, kb.heads, kb.kv_heads, kb.seq_len, kb.kv_len)
+
+
 def _default(point: Point, names: list[str], allowed: set[str]) -> TunedKernel:
     """The safe default config of the first of our kernels that can compute ``point``."""
     from flashcore.search_spaces import load_space
 
-    ensure_backend()
     profile = serving_profile(names[0]) if names else PROFILES["cpu"]
     fp8 = point.dtype.startswith("fp8")
     order = [n for n in allowed if get_family(n).kind != "backend"] if fp8 or len(allowed) == 1 else [

@@ -2,19 +2,30 @@
 
 ``cache_index(path)`` is the user's cache (its winners), ``shipped_index()`` the tables installed under
 ``cache/tables/``. Only entries this process may serve are indexed (``servable``: for our kernels the Triton
-version and the JIT source's hash, for a backend the torch and library builds).
+version and the JIT source's hash, for a backend the torch and library builds), and ``usable(entry)`` says
+whether an entry's config is one its family can run.
+
+Guarantees: reading never raises into model code and never writes. The user's cache is opened read-only
+(``CacheStore.open(path, readonly=True)``: a read-only file or folder is served, and a file that is not a
+FlashCore cache, a 0-byte one included, is never written to); a file that cannot be read at all is ignored with
+one RuntimeWarning; a row or table entry that is malformed (columns of the wrong type, a config that is not a
+JSON object or nests too deep, a key that describes no problem) is skipped with one RuntimeWarning naming it,
+and the rest is served.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from flashcore.cache import CacheError, CacheStore, Entry
-from flashcore.kernels import families
+from flashcore.cache import CacheError, CacheStore, Entry, base_dtype
+from flashcore.kernels import families, get_family
 
+from ..core.errors import AutotuneError
 from ..core.problem import Point
 from ..core.toolchain import servable
 
@@ -27,6 +38,7 @@ class Index:
 
 HALF = ("float16", "bfloat16")
 _INDEXES: dict[str, Index] = {}
+_USABLE: dict[int, tuple[Entry, bool]] = {}  # id(entry) -> (the entry, kept alive so its id is not reused; verdict)
 
 
 def exact_key(gpu: str, p: Point) -> tuple:
@@ -41,22 +53,34 @@ def group_key(gpu: str, p: Point) -> tuple:
 
 
 def clear() -> None:
-    """Forget every index read so far (the next lookup reads the files again)."""
+    """Forget every index read so far and every ``usable`` verdict (the next lookup reads the files again)."""
     _INDEXES.clear()
+    _USABLE.clear()
 
 
 def cache_index(path: str) -> Index:
+    """The servable winners of the cache file at ``path``, read once per process (``read_index``)."""
     index = _INDEXES.get(path)
-    if index is not None:
-        return index
-    index = _INDEXES[path] = Index()
-    if not Path(path).exists():
-        return index
+    if index is None:
+        index = _INDEXES[path] = read_index(path)
+    return index
+
+
+def read_index(path: str | Path) -> Index:
+    """The servable winners of the cache file at ``path``, read now (not memoised) and read-only.
+
+    A missing file is an empty index; a file that cannot be read as a FlashCore cache (not SQLite, corrupted,
+    foreign, newer, unreadable) is an empty index and one RuntimeWarning; bad rows are skipped with one
+    RuntimeWarning each. Never raises for the file's content, never writes.
+    """
+    index = Index()
     try:
-        with CacheStore.open(path) as store:
+        if not Path(path).exists():
+            return index
+        with CacheStore.open(path, readonly=True) as store:
             entries = store.winners()
-    except CacheError as exc:
-        warnings.warn(f"FlashCore: ignoring the tuning cache: {exc}", RuntimeWarning, stacklevel=4)
+    except (CacheError, OSError, sqlite3.Error) as exc:
+        warnings.warn(f"FlashCore: ignoring the tuning cache: {exc}", RuntimeWarning, stacklevel=3)
         return index
     return fill(index, entries)
 
@@ -72,29 +96,175 @@ def shipped_index() -> Index:
     for name, text in shipped_tables():
         try:
             entries += parse_table(json.loads(text))
-        except (CacheError, ValueError) as exc:
+        except (CacheError, ValueError, TypeError, RecursionError) as exc:  # RecursionError: a JSON depth bomb
             warnings.warn(f"FlashCore: ignoring shipped table {name}: {exc}", RuntimeWarning, stacklevel=4)
     index = _INDEXES["<shipped>"] = fill(Index(), entries)
     return index
 
 
 def shipped_tables() -> list[tuple[str, str]]:
-    """(file name, JSON text) of every table under the installed ``cache/tables/``."""
+    """(file name, JSON text) of every table under the installed ``cache/tables/``; a table that cannot be read
+    (or a missing folder) is left out with one RuntimeWarning."""
     from importlib import resources
 
-    folder = resources.files("flashcore.cache").joinpath("tables")
-    return [(item.name, item.read_text(encoding="utf-8"))
-            for item in sorted(folder.iterdir(), key=lambda p: p.name) if item.name.endswith(".json")]
+    out = []
+    try:
+        items = sorted(resources.files("flashcore.cache").joinpath("tables").iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        warnings.warn(f"FlashCore: no shipped tables ({exc})", RuntimeWarning, stacklevel=5)
+        return out
+    for item in items:
+        if item.name.endswith(".json"):
+            try:
+                out.append((item.name, item.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+                warnings.warn(f"FlashCore: ignoring shipped table {item.name}: {exc}", RuntimeWarning, stacklevel=5)
+    return out
 
 
 def fill(index: Index, entries) -> Index:
+    """Add the entries this process may serve to ``index``; an entry whose key describes no problem (a size
+    that is not a positive int, query heads not a multiple of the key/value heads, an unknown dtype) is skipped
+    with one RuntimeWarning naming it."""
     known = {f.name: f for f in families()}
     for e in entries:
         k = e.key
+        point = _point(e)
+        if point is None:
+            continue
         family = known.get(k.kernel)
         if family is None or not servable(k, family):
             continue
-        point = Point(k.batch, k.heads, k.seq_len, k.head_dim, k.causal, k.dtype, k.kv_heads, k.kv_len, k.lower_right)
         index.exact.setdefault(exact_key(k.gpu, point), []).append(e)
         index.groups.setdefault(group_key(k.gpu, point), []).append(e)
     return index
+
+
+def _point(entry: Entry, warn: bool = True) -> Point | None:
+    """The problem ``entry`` was tuned at, or None (with one warning, unless ``warn`` is False) when its key
+    describes none."""
+    k = entry.key
+    try:
+        texts = (k.gpu, k.compute_capability, k.triton_version, k.kernel, k.kernel_hash, k.dtype)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("a text field of the key is not text")
+        sizes = (k.batch, k.heads, k.seq_len, k.head_dim, k.kv_heads, k.kv_len)
+        if not all(type(n) is int and n >= 1 for n in sizes):
+            raise ValueError(f"sizes must be positive ints; got {sizes}")
+        if type(k.causal) is not bool or type(k.lower_right) is not bool:
+            raise TypeError("causal and lower_right must be booleans")
+        if k.heads % k.kv_heads:
+            raise ValueError(f"{k.heads} query heads are not a multiple of {k.kv_heads} key/value heads")
+        base_dtype(k.dtype)  # ValueError for an unknown dtype
+        return Point(k.batch, k.heads, k.seq_len, k.head_dim, k.causal, k.dtype, k.kv_heads, k.kv_len,
+                     k.lower_right)
+    except (TypeError, ValueError, AttributeError) as exc:
+        if not warn:
+            return None
+        warnings.warn(f"FlashCore: skipping the cached {_short(getattr(k, 'kernel', '?'))} entry of key "
+                      f"{_key_id(entry)}: {exc}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def usable(entry: Entry) -> bool:
+    """Whether ``entry``'s config is one its family can run at the entry's own point; memoised per entry (a
+    dictionary lookup after the first call), cleared by ``clear()``.
+
+    False, with one RuntimeWarning naming the entry and why, when: the family is unknown; a backend's config is
+    not ``{}``; our family's config is not an object of named scalars, lacks or adds a key of its search space
+    (``search_spaces/<space>.toml`` params), has a value of another type than the space's (a float or a bool
+    where an int belongs), is refused by the family's ``checker`` (the launcher's ``check_config``), or breaks
+    one of the space's named rules at the entry's point on ``serving_profile(entry.key.gpu)`` (the "cpu" space
+    of the interpreter). Never raises for the entry's content; never sets TRITON_INTERPRET.
+    """
+    hit = _USABLE.get(id(entry))
+    if hit is not None and hit[0] is entry:
+        return hit[1]
+    why = _why_unusable(entry)
+    if why is not None:
+        point = _point(entry, warn=False)
+        where = point.label if point is not None else "?"
+        warnings.warn(f"FlashCore: not serving the cached {_short(entry.key.kernel)} config at {where} on "
+                      f"{_short(entry.key.gpu)} (key {_key_id(entry)}): {why}", RuntimeWarning, stacklevel=2)
+    _USABLE[id(entry)] = (entry, why is None)
+    return why is None
+
+
+def _why_unusable(entry: Entry) -> str | None:
+    from flashcore.kernels._family import resolve
+    from flashcore.search_spaces import SpaceError, load_space
+
+    from ..core.profiles import serving_profile
+
+    key, config = entry.key, entry.config
+    try:
+        family = get_family(key.kernel)
+    except (KeyError, TypeError):
+        return f"unknown kernel {_short(key.kernel)}"
+    if family.kind == "backend":
+        return None if type(config) is dict and not config else f"a backend takes no config; got {_short(config)}"
+    if type(config) is not dict:
+        return f"the config is not an object; got {_short(config)}"
+    for name, value in config.items():
+        if not isinstance(name, str):
+            return f"config key {_short(name)} is not a name"
+        if not isinstance(value, (bool, int, float, str)):
+            return f"{name} is not a scalar; got {_short(value)}"
+    point = _point(entry, warn=False)
+    if point is None:
+        return "its key describes no problem"
+    space = profile = None
+    if family.space:
+        try:
+            profile = serving_profile(key.gpu)
+            space = load_space(family.space, "cpu" if profile.interpreter else "default")
+        except (AutotuneError, SpaceError) as exc:
+            return f"its search space cannot judge it ({exc})"
+        expected = dict(space.default)
+        missing = sorted(set(expected) - set(config))
+        extra = sorted(set(config) - set(expected))
+        if missing or extra:
+            return ", ".join(([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])) \
+                + f" (the keys of search_spaces/{family.space}.toml)"
+        for name, value in config.items():
+            if not _same_kind(value, expected[name]):
+                return f"{name} must be {type(expected[name]).__name__}; got {_short(value)}"
+    if family.checker:
+        from flashcore.kernels import KernelError
+
+        try:
+            resolve(family.checker)(config)
+        except (KernelError, ValueError, TypeError, KeyError, AttributeError, ImportError) as exc:
+            return f"{family.checker} refuses it: {exc}"
+    if space is not None:
+        try:
+            broken = space.violations(config, point, profile)
+        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
+            return f"the rules of {family.space} cannot judge it ({type(exc).__name__}: {exc})"
+        if broken:
+            return "; ".join(broken)
+    return None
+
+
+def _same_kind(value: Any, expected: Any) -> bool:
+    """Whether ``value`` has the type of the space's ``expected`` value (bool and int apart; an int is a float)."""
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return type(value) is type(expected)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float))
+    return type(value) is type(expected)
+
+
+def _key_id(entry: Entry) -> str:
+    try:
+        return entry.key.id
+    except (TypeError, ValueError, AttributeError):
+        return "?"
+
+
+def _short(value: Any) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "<nested too deep to show>"
+    return text if len(text) <= 60 else text[:57] + "..."

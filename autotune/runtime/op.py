@@ -20,9 +20,12 @@ import torch.nn.functional as F
 from flashcore.kernels import KernelInputError, families
 from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
 
-from .dispatch import get_kernel
+from .dispatch import get_kernel, runner_for
 
 _DTYPES = (torch.float16, torch.bfloat16)
+# Smaller softmax scales (and non-positive ones) go to SDPA: scale x log2(e) would flush towards zero in fp32,
+# and a masked -inf times a scale <= 0 is NaN in our kernels where SDPA gives finite values.
+MIN_SCALE = 2.0 ** -20
 
 
 class UnsupportedAttention(ValueError):
@@ -59,11 +62,12 @@ def _any_lengths() -> bool:
     return any(f.lengths == "any" and f.kind != "backend" for f in families())
 
 
-def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False, is_causal=False) -> str | None:
+def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False, is_causal=False,
+                       scale=None) -> str | None:
     """Why the tuned candidates cannot compute this call exactly as SDPA would, or None when they can."""
     # The common supported call (CUDA, no extras, one length, as many kv heads as query heads) in one pass.
     # Together these conditions imply that every check below passes.
-    if attn_mask is None and not dropout_p and q.is_cuda:
+    if attn_mask is None and not dropout_p and q.is_cuda and (scale is None or scale >= MIN_SCALE):
         shape = q.shape
         if (len(shape) == 4 and k.shape == shape and v.shape == shape and 1 <= shape[3] <= MAX_HEAD_DIM
                 and min(shape) >= 1):
@@ -72,10 +76,12 @@ def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False,
                     and k.device == q.device and v.device == q.device
                     and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
                 return None
-    return _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal)
+    return _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale)
 
 
-def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal) -> str | None:
+def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale=None) -> str | None:
+    if scale is not None and not scale >= MIN_SCALE:
+        return f"a softmax scale below {MIN_SCALE:g} (got {scale!r}) is left to SDPA"
     if attn_mask is not None:
         bias = _causal_bias(attn_mask)
         if bias is None:
@@ -109,19 +115,27 @@ _Tensor = torch.Tensor
 def serve(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float | None,
           lower_right: bool = False) -> torch.Tensor:
     """The tuned path for a call ``unsupported_reason`` accepted (callers that checked already, such as the
-    transformers integration, come here directly): the op's implementation in plain eager mode, else the op."""
+    transformers integration, come here directly): in plain eager mode the served candidate's unchecked runner
+    (``dispatch.runner_for``: one dictionary lookup), else the op."""
     if _eager(q, k, v):
-        return _attention_impl(q, k, v, is_causal, scale, lower_right)
+        return runner_for(q, k, is_causal, lower_right)(q, k, v, scale)
     return torch.ops.flashcore.attention(q, k, v, is_causal, scale, lower_right)
+
+
+_is_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_transforms = torch._C._functorch.peek_interpreter_stack
+_tracing = torch._C._get_tracing_state
+_profiling = torch.autograd._profiler_enabled
 
 
 def _eager(q, k, v) -> bool:
     """Whether calling the op's implementation directly is the same as calling the op: plain eager mode with
     plain tensors, nothing that traces, transforms, intercepts or profiles torch calls."""
-    return (not torch.compiler.is_compiling() and type(q) is _Tensor and type(k) is _Tensor and type(v) is _Tensor
-            and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
-            and torch._C._functorch.peek_interpreter_stack() is None and not torch._C._get_tracing_state()
-            and not torch.autograd._profiler_enabled())
+    return (type(q) is _Tensor and type(k) is _Tensor and type(v) is _Tensor and not _is_compiling()
+            and not _dispatch_modes() and not _function_modes() and _transforms() is None and not _tracing()
+            and not _profiling())
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
@@ -131,7 +145,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
 
     ``strict=True`` raises UnsupportedAttention naming what is unsupported instead of falling back.
     """
-    reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal)
+    reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale)
     if reason is None:
         lower_right = False
         if attn_mask is not None:  # a CausalBias (checked above): no mask is materialized

@@ -57,7 +57,7 @@ class SweepOptions:
         """The candidates that compete at ``point``: ``kernels`` (or the defaults above) that take its dtype and
         problem on this profile, in a stable order (ours first, then the backends)."""
         chosen = ([k if isinstance(k, KernelFamily) else get_family(k) for k in self.kernels] if self.kernels
-                  else families())
+                  else [f for f in families() if f.candidate])
         out = [f for f in chosen if takes(f, point, self.profile)]
         if not self.kernels and self.profile.interpreter:
             ours = sorted((f for f in out if f.kind != "backend"),

@@ -26,6 +26,7 @@ import math
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -362,7 +363,9 @@ def _catch_up(study: Any, space: Any, records: list[TrialRecord]) -> None:
 
 def _record(key: CacheKey, config: dict, outcome: TrialOutcome, study: str, number: int | None,
             origin: dict[str, Any]) -> TrialRecord:
+    """The trial record of ``outcome``; ``extra["trial_id"]`` (a uuid) names this one measurement, so that two
+    sweeps' trials of one study and config in the same second stay two trials when their caches are merged."""
     return TrialRecord(key=key, config=config, status=outcome.status, reason=outcome.reason, **figures_of(outcome),
                        max_abs_err=outcome.max_abs_err, study=study, trial_number=number, created_at=now_iso(),
-                       extra={**outcome.extra, **origin}, torch_version=versions()[1])
+                       extra={**outcome.extra, **origin, "trial_id": uuid.uuid4().hex}, torch_version=versions()[1])
 

@@ -147,3 +147,36 @@ def _sm_count(device: torch.device) -> int:
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNT[index]
+
+
+class GluonServer:
+    """What get_kernel serves for attention_gluon: ``server(q, k, v, sm_scale=None) -> out``, the launcher's
+    checks, copies and descriptors, launched through ``kernels._fastrun.FastRunner`` (Triton's own launch,
+    without its per-call binding and key building)."""
+
+    __slots__ = ("config", "causal", "_cfg")
+
+    def __init__(self, config: Mapping[str, Any], causal: bool = False):
+        self.config = dict(config)
+        self.causal = bool(causal)
+        self._cfg = check_config(config)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float | None = None):
+        check_inputs(q, k, v)
+        check_device(q)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        q, k, v = (t if tma_ready(t) else _aligned_copy(t) for t in (q, k, v))
+        grid, args, kwargs = kernel_args(q, k, v, out, self._cfg, self.causal, sm_scale)
+        _runner()(grid, args, kwargs)
+        return out
+
+    def __repr__(self) -> str:
+        return f"GluonServer(config={self.config!r}, causal={self.causal})"
+
+
+@functools.cache
+def _runner():
+    from .._fastrun import FastRunner
+    from .kernel import attn_fwd_ws
+
+    return FastRunner(attn_fwd_ws)
