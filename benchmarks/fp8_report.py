@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         data = measure_recipes(args.db, args.fp16_db, tuple(int(x) for x in parts[:4]),
                                len(parts) == 5 and parts[4] == "causal", args.gpu, args.rep_ms)
         if args.out:
-            from flashcore.autotune.cli.bench import _finite
+            from flashcore.autotune.cli.bench import strict_json
 
-            Path(args.out).write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+            Path(args.out).write_text(json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
         print(recipes_table(data))
     elif args.cmd == "table":
         print(recipes_table(json.loads(Path(args.file).read_text())))

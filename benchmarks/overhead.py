@@ -3,7 +3,7 @@
 Points (each pinned in a scratch cache with ``autotune.evaluation.pin``, so that what serves it is known):
 "backend" (B5 H7 S777 D64 causal fp16, cuDNN through SDPA), "fwd" (B8 H8 S128 D64 fp16, attention_fwd),
 "gqa-fwd" (B2 H32/8 S256 D128 causal bf16, attention_fwd), "kv-decode" (B1 H32/8, one query over 2300 keys,
-bf16, attention_kv), "backend-decode" (the same in fp16, cuDNN), "miss" (B2 H6/3 S129 D64 bf16: no entry,
+bf16, attention_kv), "backend-decode" (the same in fp16, cuDNN), "miss" (B2 H6/3 S129 D96 bf16: no entry,
 SDPA's own choice). Per point, the host time per call (mean over many calls with the GPU otherwise idle, median
 of rounds): ``attention`` (the op as model code calls it), ``sdpa`` (``F.scaled_dot_product_attention`` with the
 same arguments), and where the op's time goes: ``reason`` (its support check), ``lookup`` (finding the served
@@ -38,7 +38,7 @@ POINTS = {
     "kv-decode": (Point(1, 32, 1, 128, True, "bfloat16", kv_heads=8, kv_len=2300, lower_right=True), "attention_kv"),
     "backend-decode": (Point(1, 32, 1, 128, True, "float16", kv_heads=8, kv_len=2300, lower_right=True),
                        "sdpa_cudnn"),
-    "miss": (Point(2, 6, 129, 64, False, "bfloat16", kv_heads=3), None),
+    "miss": (Point(2, 6, 129, 96, False, "bfloat16", kv_heads=3), None),  # no table has head dim 96
 }
 TARGET_US = 2.0
 

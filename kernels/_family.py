@@ -131,7 +131,8 @@ register(KernelFamily(
     dtypes=("float16", "bfloat16"),
     jit=("attention_fwd/kernel.py:attn_fwd",),
     gqa_jit=("attention_fwd/kernel.py:attn_fwd_gqa",),
-    # the whole-file hash of kernels/attention_fwd.py + launch.py at f99307b (the shipped H100 fp16 table)
+    # the whole-file hash of the kernel file + launch.py at f99307b (the shipped H100 fp16 table), the files that are
+    # now kernels/attention_fwd/kernel.py and kernels/attention_fwd/launch.py
     legacy_hashes=(("a5c27be1af7945f5", "5aa1c00278e1c071"),),
     precompiler="attention_fwd.precompile:precompile",
     compile_key="attention_fwd.precompile:compile_key",

@@ -7,7 +7,7 @@ Variant switches (CAUSAL_SPLIT, WARP_SPECIALIZE, HEADS_FIRST, REVERSE, PERSISTEN
 "pointer" when a config leaves them out.
 
 The resource rules (registers, shared memory) are fitted to what Triton 3.6 allocated on an H100 for
-kernels/attention_fwd.py (216 configs: BLOCK_M 64-256, BLOCK_N 32-128, 4/8 warps, 2-4 stages, D 64/128,
+kernels/attention_fwd/kernel.py (216 configs: BLOCK_M 64-256, BLOCK_N 32-128, 4/8 warps, 2-4 stages, D 64/128,
 pointer and device-side TMA loads); ``python3 benchmarks/probe_kernel.py --calibrate`` compiles that grid again
 and prints the compiler's figures next to these estimates.
 """
@@ -248,9 +248,10 @@ def persistent_needs_waves(config, point, profile):
     return None
 
 
-# --- FP8 recipes (kernels/quant.py; the config keys FP8_QK, FP8_PV, Q_SCALE, K_SCALE, V_SCALE, SMOOTH_K, P_SCALE)
+# --- FP8 recipes (kernels/attention_fp8/quant.py; the config keys FP8_QK, FP8_PV, Q_SCALE, K_SCALE, V_SCALE,
+# SMOOTH_K, P_SCALE)
 
-# Relative L2 error of FP8 attention with both matmuls in E4M3 on the sweep's inputs (autotune/_inputs.py), in the
+# Relative L2 error of FP8 attention with both matmuls in E4M3 on the sweep's inputs (autotune/tuning/inputs.py), in the
 # PyTorch emulation: at least 3.6% (mostly 4% to 7%) for every Q/K scaling and smoothing of the space, at S 17
 # to 8192 and D 16 to 128 (S = 1 aside, where the logits do not matter); tests/test_fp8_sweep.py checks the
 # floor. A budget below it can only be met with Q and K in 16 bits (2.3% to 3.1% there).

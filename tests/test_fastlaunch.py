@@ -1,6 +1,6 @@
-"""The fast launcher (kernels/_fastlaunch.py) without a GPU: it falls back under the interpreter with the normal
-launcher's result; its signature key and config key; its LRU; and, with Triton's launch stubbed by one that
-runs the interpreter on the recorded arguments, the hit path (same output as the normal launcher, the call
+"""The fast launcher (kernels/attention_fwd/fastlaunch.py) without a GPU: it falls back under the interpreter with
+the normal launcher's result; its signature key and config key; its LRU; and, with Triton's launch stubbed by one
+that runs the interpreter on the recorded arguments, the hit path (same output as the normal launcher, the call
 JITFunction.run makes, fallbacks, typed errors). tests/test_fastlaunch_gpu.py checks the real launches."""
 
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""On the GPU: the fast launcher (kernels/_fastlaunch.py) against the normal launcher, bit for bit.
+"""On the GPU: the fast launcher (kernels/attention_fwd/fastlaunch.py) against the normal launcher, bit for bit.
 
 Odd S and H, D 64 and 128, causal and not, transposed (non-contiguous) and unaligned inputs; the first call of a
 signature misses, the next ones hit; the recorded arguments are Triton's own binder's; the current (non-default)

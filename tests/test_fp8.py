@@ -1,4 +1,5 @@
-"""FP8 recipes (kernels/quant.py), their emulation (kernels/fp8_reference.py), the FP8 gate and search space.
+"""FP8 recipes (kernels/attention_fp8/quant.py), their emulation (kernels/attention_fp8/reference.py), the FP8
+gate and search space.
 
 PyTorch only: nothing here runs a Triton kernel (tests/test_fp8_kernel.py does)."""
 

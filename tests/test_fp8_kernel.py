@@ -1,4 +1,4 @@
-"""The FP8 Triton kernel (kernels/attention_fp8.py) against its emulation and the fp32 truth, in Triton's CPU
+"""The FP8 Triton kernel (kernels/attention_fp8/kernel.py) against its emulation and the fp32 truth, in Triton's CPU
 interpreter (which runs E4M3 dots exactly; its fp32 -> E4M3 cast is wrong, so the launcher rounds P first, and
 its bf16 dots are wrong, so 16-bit dots are upcast: see the kernel's docstring) and, marked gpu, on a GPU."""
 

@@ -4,10 +4,13 @@ one sitting, a run-time path that works without the tuning dependencies, kernels
 from __future__ import annotations
 
 import ast
+import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -197,3 +200,117 @@ def test_the_kernels_compile_for_ampere_and_ada(cc):
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [r["target"] for r in results] == [f"sm_{cc}"] * 2  # equal heads and grouped-query heads
     assert all(0 < r["shared"] <= 99 * 1024 for r in results)
+
+
+# -- every module path the code and the docs name exists -------------------------------------------------------
+
+_DOC_SUFFIXES = (".py", ".toml", ".md", ".sh")
+_NOT_SCANNED = ("benchmarks/results/", "build/", "dist/")  # what a past run printed; what a build copied
+_ROOTS = "autotune|kernels|cache|search_spaces"
+_SUBPACKAGES = ("core", "runtime", "tuning", "evaluation", "cli", "integrations")  # short for autotune.<name>
+_PATH_RE = re.compile(r"(?<![\w/.$*-])((?:autotune|kernels|cache|search_spaces|tests|benchmarks)/[\w/.*-]*[\w*])")
+_DOTTED_RE = re.compile(rf"(?<![\w./-])(?:flashcore\.)?((?:{_ROOTS}|{'|'.join(_SUBPACKAGES)})(?:\.[A-Za-z_]\w*)+)")
+_BARE_FILE_RE = re.compile(r"(?<![\w/.*-])(\w+\.(?:py|toml))\b")
+_NOT_A_MODULE = {"db", "py", "toml", "json", "jsonl", "md", "log", "png", "csv", "sh", "claims", "whl"}
+# names that are not ours: transformers' objects and files, placeholders
+_FOREIGN = {"cache.is_compileable", "masking_utils.py", "file.py"}
+# Stale names left in JIT source files, which are not edited for their words: kernels/_hash.py hashes the JIT
+# functions in them, and an edit that changed the hash would stop the shipped tuned tables from being served.
+# No other stale name passes.
+_IN_JIT_SOURCE = {
+    # the FP8 kernel's module docstring: its launcher, the fp16 kernel and the quantizer by their pre-package files
+    "kernels/attention_fp8/kernel.py": {"launch_fp8.py", "attention_fwd.py", "kernels/quant.py"},
+    # the Triton quantizer's module docstring: its launcher and the PyTorch quantizer by their pre-package names
+    "kernels/attention_fp8/quant_fused.py": {"kernels/quant_launch.py", "kernels.quant"},
+}
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """What a module defines at its top level (and lists in ``__all__``): the attributes a reference may name."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            if "__all__" in names and isinstance(node.value, (ast.List, ast.Tuple)):
+                names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return names
+
+
+def _module_exists(dotted: str, modules: dict[str, Path]) -> bool:
+    """``dotted`` (``pkg.module``, ``pkg.module.name``) names a module of the repository, or a name in one."""
+    parts = dotted.split(".")
+    if parts[0] in _SUBPACKAGES:
+        parts = ["autotune", *parts]
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        if module in modules:
+            return i == len(parts) or parts[i] in _top_level_names(modules[module])
+        if (ROOT.joinpath(*parts[:i])).is_dir():  # a namespace package (no __init__.py): only its submodules
+            return i == len(parts)
+    return False
+
+
+def _texts(path: Path):
+    """(line number, text) of what a file says in words: every line of a document; a module's strings and comments."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".py":
+        yield from enumerate(text.splitlines(), 1)
+        return
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in (tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", -1)):
+            yield from enumerate(tok.string.splitlines(), tok.start[0])
+
+
+def _imported(path: Path, modules: dict[str, Path]):
+    """(line number, name) of each repository module (or name in one) that ``path`` imports."""
+    if path.parent.name in PACKAGES or any(part in PACKAGES for part in path.relative_to(ROOT).parts[:-1]):
+        rel = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+    else:
+        module = ""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                base = ".".join(pkg[: len(pkg) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if a.name != "*" else base for a in node.names]
+        else:
+            continue
+        for name in targets:
+            name = name.removeprefix("flashcore.")
+            if name.split(".")[0] in PACKAGES:
+                yield node.lineno, name
+
+
+def test_every_module_path_named_in_code_and_docs_exists():
+    """Code, TOML and Markdown name only modules and files that exist: no ``autotune._worker``, no
+    ``kernels/quant.py`` left from an earlier layout, in an import, a string, a comment or a document."""
+    modules = _modules()
+    basenames = {p.name for p in ROOT.rglob("*") if p.suffix in (".py", ".toml")}
+    stale = []
+    for path in sorted(p for p in ROOT.rglob("*") if p.suffix in _DOC_SUFFIXES and p.is_file()):
+        rel = path.relative_to(ROOT).as_posix()
+        if any(part.startswith(".") or part.endswith(".egg-info") for part in path.relative_to(ROOT).parts) \
+                or rel.startswith(_NOT_SCANNED):
+            continue
+        refs = []
+        for n, line in _texts(path):
+            refs += [(n, m) for m in _PATH_RE.findall(line) if "*" not in m and not (ROOT / m).exists()]
+            refs += [(n, m) for m in _DOTTED_RE.findall(line)
+                     if m.rsplit(".", 1)[-1] not in _NOT_A_MODULE and not _module_exists(m, modules)]
+            refs += [(n, m) for m in _BARE_FILE_RE.findall(line) if m not in basenames]
+        if path.suffix == ".py":
+            refs += [(n, m) for n, m in _imported(path, modules) if not _module_exists(m, modules)]
+        allowed = _FOREIGN | _IN_JIT_SOURCE.get(rel, set())
+        if path == Path(__file__):  # this test names stale paths on purpose
+            allowed = allowed.union(*_IN_JIT_SOURCE.values(), {"autotune._worker", "kernels/quant.py"})
+        stale += [f"{rel}:{n}: {m}" for n, m in refs if m not in allowed]
+    assert not stale, "names of modules or files that do not exist:\n" + "\n".join(stale)

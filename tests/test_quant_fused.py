@@ -1,5 +1,6 @@
-"""The Triton quantizer (kernels/quant_launch.py) against the PyTorch one (kernels/quant.py): the same bytes for
-every recipe, over odd shapes with planted large values; the fused FP8 attention equals the unfused one.
+"""The Triton quantizer (kernels/attention_fp8/quant_launch.py) against the PyTorch one
+(kernels/attention_fp8/quant.py): the same bytes for every recipe, over odd shapes with planted large values; the
+fused FP8 attention equals the unfused one.
 Runs the real kernels (the interpreter here, compiled on a GPU)."""
 
 import itertools

@@ -1,11 +1,12 @@
 """`autotune bench --dtype fp8`: the tuned FP8 kernel against the tuned fp16 kernel and PyTorch's SDPA backends.
 
-Library part only (no typer, no printing), in the JSON form of ``autotune._bench`` (``{"provenance", "points",
-"summary"}``). Per point, on the fp16 point's seeded inputs (those of the sweep and of the fp16 bench):
+Library part only (no typer, no printing), in the JSON form of ``autotune.evaluation.bench``
+(``{"provenance", "points", "summary"}``). Per point, on the fp16 point's seeded inputs (those of the sweep and
+of the fp16 bench):
 
 - ``fp8``: the FP8 kernel alone on inputs quantized beforehand with its recipe (what the sweep times);
-- ``fp8_e2e``: quantization (the Triton quantizer, kernels/quant_launch.py) plus kernel from the 16-bit inputs
-  (what ``get_kernel`` serves);
+- ``fp8_e2e``: quantization (the Triton quantizer, kernels/attention_fp8/quant_launch.py) plus kernel from the
+  16-bit inputs (what ``get_kernel`` serves);
 - ``tuned``: the tuned fp16 kernel served by ``get_kernel`` from the fp16 cache (``fp16_db``);
 - ``flash``, ``cudnn``, ``efficient``: SDPA with one backend forced (refused on the CPU).
 

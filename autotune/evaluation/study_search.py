@@ -103,7 +103,7 @@ def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: st
               on_config: Callable[[Any, dict[str, Any], Any], None] | None = None) -> dict[str, Any]:
     """Study-search over ``points``: ``{"provenance", "points": [PointStudy.as_dict()]}``, ready for JSON.
 
-    Every trial runs in a worker process (:class:`autotune._worker.TrialWorker`), gated like a sweep's; the
+    Every trial runs in a worker process (:class:`autotune.tuning.worker.TrialWorker`), gated like a sweep's; the
     cache is neither read nor written. TPE's replays use the sweep's sampler settings for its default trial count.
     ``compile_workers`` processes compile the configs ahead of timing, as in a sweep; ``on_config(point, config,
     outcome)`` follows each timed config.

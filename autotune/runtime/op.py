@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flashcore.kernels import KernelInputError, families
+from flashcore.kernels import FAMILIES, KernelInputError, families
 from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
 
 from .dispatch import get_kernel, runner_for
@@ -58,19 +58,27 @@ def _causal_bias(attn_mask) -> bool | None:
     return attn_mask.variant == CausalVariant.LOWER_RIGHT
 
 
+_ANY_LENGTHS: dict[int, bool] = {}  # registered families (their count) -> whether one of ours takes L != S
+
+
 def _any_lengths() -> bool:
-    return any(f.lengths == "any" and f.kind != "backend" for f in families())
+    found = _ANY_LENGTHS.get(len(FAMILIES))
+    if found is None:
+        found = _ANY_LENGTHS[len(FAMILIES)] = any(f.lengths == "any" and f.kind != "backend" for f in families())
+    return found
 
 
 def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False, is_causal=False,
                        scale=None) -> str | None:
     """Why the tuned candidates cannot compute this call exactly as SDPA would, or None when they can."""
-    # The common supported call (CUDA, no extras, one length, as many kv heads as query heads) in one pass.
-    # Together these conditions imply that every check below passes.
+    # The common supported call (CUDA, no mask or dropout: equal lengths or a KV cache, grouped heads with
+    # enable_gqa) in one pass. Together these conditions imply that every check below passes.
     if attn_mask is None and not dropout_p and q.is_cuda and (scale is None or scale >= MIN_SCALE):
-        shape = q.shape
-        if (len(shape) == 4 and k.shape == shape and v.shape == shape and 1 <= shape[3] <= MAX_HEAD_DIM
-                and min(shape) >= 1):
+        qs, ks = q.shape, k.shape
+        if (len(qs) == 4 and len(ks) == 4 and v.shape == ks and ks[0] == qs[0] and ks[3] == qs[3]
+                and 1 <= qs[3] <= MAX_HEAD_DIM and min(qs) >= 1 and min(ks) >= 1
+                and (ks[1] == qs[1] or (enable_gqa and qs[1] % ks[1] == 0))
+                and (ks[2] == qs[2] or _any_lengths())):
             dtype = q.dtype
             if (dtype in _DTYPES and k.dtype == dtype and v.dtype == dtype
                     and k.device == q.device and v.device == q.device

@@ -1,7 +1,7 @@
-"""The FP8 side of a trial (autotune/_trial.py): what is timed, and the FP8 gate instead of the fp16 one.
+"""The FP8 side of a trial (autotune/tuning/trial.py): what is timed, and the FP8 gate instead of the fp16 one.
 
 A point whose dtype is an FP8 label ("fp8", "fp8-tol0.03": ``cache.fp8_tol``) is tuned with 16-bit inputs (the
-fp16 point's) and gated by ``autotune._fp8_gate`` under the label's error budget: every element written and
+fp16 point's) and gated by ``autotune.tuning.fp8_gate`` under the label's error budget: every element written and
 finite, relative L2 error against the fp32 reference of the unquantized inputs within the budget, and at most
 1.5x the error of the PyTorch emulation of the same recipe and tiles. The budget travels in the point, so the
 worker process needs nothing else. The time is the kernel's alone, on inputs quantized once per recipe and tiles

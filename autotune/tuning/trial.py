@@ -1,7 +1,7 @@
 """One trial: check the rules, run the config on poisoned output, gate it against fp32, then time it.
 
 This is the only place a sweep touches the GPU; timing policy changes here and nowhere else. Isolation (a worker
-process per sweep, replaced after a crash) lives in ``_worker.py``, which calls :func:`prepare` and
+process per sweep, replaced after a crash) lives in ``worker.py``, which calls :func:`prepare` and
 :func:`run_trial` in the child.
 """
 

@@ -3,7 +3,8 @@
 A segfault, an ``os._exit``, a hang past the per-trial timeout, or an illegal memory access (after which the
 CUDA context is dead) ends that one trial: it is reported as "crashed", "timeout" or "launch_error" with its
 reason, the worker is replaced, and the sweep goes on. The worker makes a point's inputs and fp32 reference
-once (:func:`autotune._trial.prepare`) and runs every trial sent to it with :func:`autotune._trial.run_trial`.
+once (:func:`autotune.tuning.trial.prepare`) and runs every trial sent to it with
+:func:`autotune.tuning.trial.run_trial`.
 
 Parent and worker talk in JSON over a pipe (``send_bytes``), so no trial result is ever unpickled.
 
@@ -99,7 +100,7 @@ class TrialWorker:
     def run(self, config: dict[str, Any], *, time_it: bool = True, rules: bool = True) -> TrialOutcome:
         """Run ``config`` at the bound point in the worker; the outcome says how it ended.
 
-        ``time_it`` and ``rules`` are passed to :func:`autotune._trial.run_trial`.
+        ``time_it`` and ``rules`` are passed to :func:`autotune.tuning.trial.run_trial`.
         Raises WorkerError only when the point itself cannot be prepared (not a config's fault).
         """
         if self.point is None:

@@ -1,12 +1,13 @@
-"""Launcher of the FP8 attention kernel (kernels/attention_fp8.py): quantize, check, call the JIT kernel.
+"""Launcher of the FP8 attention kernel (kernels/attention_fp8/kernel.py): quantize, check, call the JIT kernel.
 
 Config keys: BLOCK_M, BLOCK_N, num_warps, num_stages (required, as for the fp16 kernel), CAUSAL_SPLIT (False when
-absent) and the recipe's keys (kernels/quant.py ``CONFIG_FIELDS``: FP8_QK, FP8_PV, Q_SCALE, K_SCALE, V_SCALE,
-SMOOTH_K, P_SCALE; the ``Recipe`` defaults when absent). Loads are pointer loads only (no TMA, persistent or
-tile-order variants yet).
+absent) and the recipe's keys (kernels/attention_fp8/quant.py ``CONFIG_FIELDS``: FP8_QK, FP8_PV, Q_SCALE, K_SCALE,
+V_SCALE, SMOOTH_K, P_SCALE; the ``Recipe`` defaults when absent). Loads are pointer loads only (no TMA, persistent
+or tile-order variants yet).
 
 ``attention_fp8`` takes 16-bit q, k, v and quantizes them first; ``attention_fp8_quantized`` takes inputs already
-quantized by ``kernels.quant.quantize`` (so a benchmark can time the kernel without the quantization, or both).
+quantized by ``kernels.attention_fp8.quant.quantize`` (so a benchmark can time the kernel without the
+quantization, or both).
 Every failure comes out as a typed ``KernelError`` like the fp16 launcher's.
 """
 
@@ -69,7 +70,7 @@ def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Map
 
 def attention_fp8_quantized(qi: QuantizedInputs, config: Mapping[str, Any], *, causal: bool = False,
                             sm_scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The FP8 kernel on inputs quantized with the config's recipe and tiles (see ``kernels.quant``)."""
+    """The FP8 kernel on inputs quantized with the config's recipe and tiles (see ``kernels.attention_fp8.quant``)."""
     check_config(config)
     recipe = recipe_of(config)
     if qi.recipe != recipe:

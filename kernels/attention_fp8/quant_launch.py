@@ -1,10 +1,10 @@
-"""FP8 quantization in Triton kernels (kernels/quant_fused.py): ``quantize_fused`` returns what
-``kernels.quant.quantize`` returns, byte for byte, in two passes over each quantized operand instead of PyTorch's
-dozen (fp32 copies, padding, division, clamp, cast, V's transposed copy).
+"""FP8 quantization in Triton kernels (kernels/attention_fp8/quant_fused.py): ``quantize_fused`` returns what
+``kernels.attention_fp8.quant.quantize`` returns, byte for byte, in two passes over each quantized operand instead
+of PyTorch's dozen (fp32 copies, padding, division, clamp, cast, V's transposed copy).
 
 ``attention_fp8_fused`` is the FP8 attention that ``get_kernel`` serves for a tuned FP8 config: these kernels,
 then the tuned FP8 kernel on their output. The tuned kernel and the quantized inputs are the same as the sweep
-timed and gated (it quantizes with ``kernels.quant.quantize``), so the tuned tables stay valid.
+timed and gated (it quantizes with ``kernels.attention_fp8.quant.quantize``), so the tuned tables stay valid.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ _WHOLE = 1 << 30  # SCALE_BLOCK when one scale covers every token of a head
 
 def quantize_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Recipe, block_m: int,
                    block_n: int) -> QuantizedInputs:
-    """``kernels.quant.quantize`` (same arguments, same result) with Triton kernels."""
+    """``kernels.attention_fp8.quant.quantize`` (same arguments, same result) with Triton kernels."""
     recipe = recipe.canonical()
     b, h, s, d = q.shape
     ones = torch.ones(b, h, 1, dtype=torch.float32, device=q.device)
     if recipe.qk_fp8:
         q, k = _unit_last(q), _unit_last(k)
-        mean = k.float().mean(dim=2).contiguous() if recipe.smooth_k else None  # kernels.quant.smooth's mean
+        # the mean of kernels.attention_fp8.quant.smooth
+        mean = k.float().mean(dim=2).contiguous() if recipe.smooth_k else None
         qs, ks = _scales(q, None, recipe.q_scale, block_m), _scales(k, mean, recipe.k_scale, block_n)
         q8 = _cast(q, None, qs, _group(recipe.q_scale, block_m), torch.empty(q.shape, dtype=FP8_DTYPE,
                                                                             device=q.device), transpose=False)
@@ -50,7 +51,7 @@ def quantize_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, recipe: Re
 def attention_fp8_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Mapping[str, Any], *,
                         causal: bool = False, sm_scale: float | None = None,
                         out: torch.Tensor | None = None) -> torch.Tensor:
-    """``kernels.launch_fp8.attention_fp8`` with the quantization done by :func:`quantize_fused`."""
+    """``kernels.attention_fp8.launch.attention_fp8`` with the quantization done by :func:`quantize_fused`."""
     from .launch import attention_fp8_quantized, check_config, recipe_of
 
     check_inputs(q, k, v)
@@ -81,7 +82,7 @@ def _launch_shape(d: int, block_s: int) -> tuple[int, int]:
 
 
 def _scales(x: torch.Tensor, mean: torch.Tensor | None, granularity: str, block: int) -> torch.Tensor:
-    """fp32 (B, H, n) scales amax / 448, as ``kernels.quant.scales_for`` (of x - mean when ``mean``)."""
+    """fp32 (B, H, n) scales amax / 448, as ``kernels.attention_fp8.quant.scales_for`` (of x - mean when ``mean``)."""
     from .quant_fused import block_amax
 
     b, h, s, d = x.shape

@@ -1,10 +1,10 @@
-"""A pure-PyTorch emulation of exactly what the FP8 attention kernel computes (kernels/attention_fp8.py).
+"""A pure-PyTorch emulation of exactly what the FP8 attention kernel computes (kernels/attention_fp8/kernel.py).
 
 The FP8 gate compares a kernel's error against this emulation's error for the same recipe: quantization error
 is the recipe's, anything beyond it is the kernel's. The emulation mirrors the kernel step by step: the same
-quantized operands and scales (kernels/quant.py), the same key blocks of BLOCK_N in the same order with the
-online softmax in fp32 (exp2 with the scale folded in), P rounded to E4M3 (times 448 when ``p_scale``) relative
-to the running max of the blocks seen so far, exactly as the kernel rounds it, the row sum taken over the
+quantized operands and scales (kernels/attention_fp8/quant.py), the same key blocks of BLOCK_N in the same order
+with the online softmax in fp32 (exp2 with the scale folded in), P rounded to E4M3 (times 448 when ``p_scale``)
+relative to the running max of the blocks seen so far, exactly as the kernel rounds it, the row sum taken over the
 unrounded P, and fp32 accumulation. Products of E4M3 values are exact in fp32, so only summation order and
 exp2 differ from the kernel (on the GPU also the FP8 tensor cores' accumulation, which the gate then sees).
 """

@@ -1,13 +1,13 @@
 """Fast launches of ``attn_fwd``: the launch Triton would make, without re-deriving it at every call.
 
-``kernels.launch.attention_fwd`` checks the inputs and the config, rebuilds the ~36 kernel arguments and lets
-Triton 3.6's ``JITFunction.run`` bind and specialise them and compute its cache key at every call: tens of
-µs of host time for a kernel that runs in ~10 µs at small shapes. ``FastLauncher`` runs that normal launcher
+``kernels.attention_fwd.launch.attention_fwd`` checks the inputs and the config, rebuilds the ~36 kernel
+arguments and lets Triton 3.6's ``JITFunction.run`` bind and specialise them and compute its cache key at every
+call: tens of µs of host time for a kernel that runs in ~10 µs at small shapes. ``FastLauncher`` runs that normal launcher
 on the first call of each *launch signature* (``signature_key``: the config, causal, sm_scale, the current
 device, q/k/v shapes, strides, dtypes, devices and 16-byte alignment, Triton's debug and instrumentation
 knobs), then records what it launched: the CompiledKernel (``attn_fwd.warmup`` with the very arguments
-``kernels.launch._kernel_args`` builds: a hit in Triton's own kernel cache), the grid and the bound argument
-values. A later call with the same signature allocates ``out`` as the normal launcher does and makes the call
+``kernels.attention_fwd.launch._kernel_args`` builds: a hit in Triton's own kernel cache), the grid and the bound
+argument values. A later call with the same signature allocates ``out`` as the normal launcher does and makes the call
 ``JITFunction.run`` makes::
 
     kernel.run(grid0, grid1, grid2, stream, kernel.function, kernel.packed_metadata, launch_metadata,
@@ -20,7 +20,7 @@ LazyDict that only those hooks read; the fast path runs only while both chains a
 calling them does nothing. Everything else in the arguments is a function of the signature, so the launch is
 the same kernel with the same arguments and the output is bit-identical.
 
-Falls back to ``kernels.launch.attention_fwd`` unchanged (counted in ``fallbacks``) where it cannot prove
+Falls back to ``kernels.attention_fwd.launch.attention_fwd`` unchanged (counted in ``fallbacks``) where it cannot prove
 that: a Triton other than 3.6.x, Triton's interpreter (``attn_fwd`` is not a JITFunction), LOADS other than
 "pointer" (descriptors and scratch are per-launch work), PERSISTENT (its grid follows occupancy learnt at run
 time), a config check_config rejects or that cannot be hashed, a Triton launch hook registered (a non-empty
@@ -104,7 +104,7 @@ def config_key(config: Mapping[str, Any]) -> int | None:
 
 class FastLauncher:
     """``launcher(q, k, v, sm_scale=None) -> out`` for one config and causal flag; same result as
-    ``kernels.launch.attention_fwd(q, k, v, config, causal=causal, sm_scale=sm_scale)``.
+    ``kernels.attention_fwd.launch.attention_fwd(q, k, v, config, causal=causal, sm_scale=sm_scale)``.
 
     ``hits`` counts fast launches, ``misses`` first calls of a signature (run by the normal launcher and
     recorded), ``fallbacks`` calls the fast path did not take.

@@ -5,7 +5,7 @@ record it as a failed trial and go on.
 
 Config keys (``check_config``): BLOCK_M, BLOCK_N, num_warps, num_stages are required; LOADS ("pointer",
 "device_tma" or "host_tma") defaults to "pointer"; the switches CAUSAL_SPLIT, WARP_SPECIALIZE, HEADS_FIRST,
-REVERSE and PERSISTENT are booleans that default to False (see attention_fwd.py for what each does).
+REVERSE and PERSISTENT are booleans that default to False (see kernel.py for what each does).
 
 Tensor descriptors (both TMA paths) need, per tensor, a unit last stride, 16-byte aligned strides and a
 16-byte aligned base. Inputs that miss this only because of their layout are copied with ``.contiguous()``
