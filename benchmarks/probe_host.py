@@ -34,8 +34,9 @@ CONFIG = {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 2, "num_stages": 2, "NUM_SP
 def sdpa_pieces(q, k, v, causal: bool) -> dict:
     gqa = k.shape[1] != q.shape[1]
     out: dict = {"sdpa": host_us(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa))}
-    out["fused_sdp_choice"] = host_us(lambda: torch._fused_sdp_choice(q, k, v, None, 0.0, causal, None, gqa))
-    out["sdp_choice_value"] = int(torch._fused_sdp_choice(q, k, v, None, 0.0, causal, None, gqa))
+    choice = lambda: torch._fused_sdp_choice(q, k, v, None, 0.0, causal, scale=None, enable_gqa=gqa)  # noqa: E731
+    out["fused_sdp_choice"] = host_us(choice)
+    out["sdp_choice_value"] = int(choice())
     direct = {
         "cudnn": lambda: torch._scaled_dot_product_cudnn_attention(q, k, v, None, False, 0.0, causal, False)[0],
         "flash": lambda: torch._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False)[0],
