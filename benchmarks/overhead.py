@@ -58,6 +58,24 @@ def host_us(fn, calls: int = 2000, rounds: int = 5) -> float:
     return round(statistics.median(means), 2)
 
 
+def host_many(fns: dict, calls: int = 1000, rounds: int = 9) -> dict:
+    """``host_us`` of several calls measured in interleaved rounds (one batch of each per round, medians): the
+    host's speed drifts between seconds, and a comparison is fair only within one round."""
+    for fn in fns.values():
+        fn()
+    torch.cuda.synchronize()
+    means: dict = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            means[name].append((time.perf_counter() - t0) / calls * 1e6)
+            torch.cuda.synchronize()
+    return {name: round(statistics.median(m), 2) for name, m in means.items()}
+
+
 def graphed(fn):
     """``fn`` captured in a CUDA graph (after warm-up on a side stream); returns the replay."""
     stream = torch.cuda.Stream()
@@ -99,10 +117,11 @@ def measure(name: str, point: Point) -> dict:
     run = runner_for(q, k, causal or lower_right, lower_right)
     row = {"point": point.label, "served_kernel": served.kernel, "served_source": served.source,
            "config": served.config, "host_us": {
-               "attention": host_us(ours), "sdpa": host_us(sdpa), "reason": host_us(reason),
+               **host_many({"attention": ours, "sdpa": sdpa}), "reason": host_us(reason),
                "lookup": host_us(lambda: runner_for(q, k, causal or lower_right, lower_right)),
                "runner": host_us(lambda: run(q, k, v, None)),
-               "attention_graph": host_us(graphed(ours)), "sdpa_graph": host_us(graphed(sdpa))}}
+               **{f"{name}_graph": us for name, us in host_many({"attention": graphed(ours),
+                                                                  "sdpa": graphed(sdpa)}).items()}}}
     h = row["host_us"]
     row["over_sdpa_us"] = round(h["attention"] - h["sdpa"], 2)
     row["over_sdpa_graph_us"] = round(h["attention_graph"] - h["sdpa_graph"], 2)

@@ -130,7 +130,7 @@ class BackendServer:
     switches are read and set through torch._C's getters and setters, no context manager). A backend that
     refuses the call (a shape outside the one it was gated at) leaves it to SDPA's own choice."""
 
-    __slots__ = ("flags", "causal", "lower_right", "_sdpa", "_get", "_put", "_oom")
+    __slots__ = ("flags", "causal", "lower_right", "_sdpa", "_get", "_put", "_oom", "_choice", "_own_choice")
 
     def __init__(self, flag: str | None, causal: bool, lower_right: bool = False):
         import torch
@@ -143,6 +143,10 @@ class BackendServer:
         self.lower_right = bool(lower_right)
         self._sdpa = F.scaled_dot_product_attention
         self._get, self._put = _switches()
+        # SDPA's own pick (torch._fused_sdp_choice, an SDPBackend value) per call class: where it is this backend
+        # already, the plain call is the same launch without reading and setting the switches
+        self._choice = None if flag is None else _SDP_CHOICE.get(flag)
+        self._own_choice: dict[tuple, bool] = {}
 
     def __call__(self, q, k, v, sm_scale=None):
         mask, causal = None, self.causal
@@ -154,8 +158,18 @@ class BackendServer:
         flags = self.flags
         if flags is None:
             return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
-        put = self._put
         before = [g() for g in self._get]
+        if self._choice is not None and mask is None:
+            # the class of the call: everything SDPA's pick depends on but the kv length (a decode step's cache
+            # grows every call; a pick that changed with it would still be a correct SDPA backend)
+            key = (q.shape, q.stride(), k.shape[1], k.stride(-1), v.stride(-1), q.dtype, causal, *before)
+            mine = self._own_choice.get(key)
+            if mine is None:
+                mine = self._own_choice[key] = int(_fused_choice(q, k, v, None, 0.0, causal, scale=sm_scale,
+                                                                 enable_gqa=gqa)) == self._choice
+            if mine:
+                return self._sdpa(q, k, v, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+        put = self._put
         for setter, on in zip(put, flags):
             setter(on)
         try:
@@ -167,6 +181,15 @@ class BackendServer:
             for setter, value in zip(put, before):
                 setter(value)
         return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+
+
+_SDP_CHOICE = {"math": 0, "flash": 1, "mem_efficient": 2, "cudnn": 3}  # torch.nn.attention.SDPBackend values
+
+
+def _fused_choice(*args, **kwargs):
+    import torch
+
+    return torch._fused_sdp_choice(*args, **kwargs)
 
 
 @functools.cache

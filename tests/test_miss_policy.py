@@ -50,12 +50,13 @@ OTHER_GROUP = Point(2, 8, 1024, 64, True, kv_heads=2)
 
 
 @pytest.mark.parametrize("own_us, point, expected", [
-    (90.0, TUNED, ("attention_fwd", "exact")),            # tuned here: whatever won
+    (90.0, TUNED, ("attention_fwd", "exact")),            # tuned here, and ahead of the backend
+    (99.0, TUNED, ("sdpa_cudnn", "exact")),               # tuned here, but within the noise: the backend
     (90.0, CLOSE, ("attention_fwd", "nearest")),          # close, and 10% ahead of the backend there
     (99.0, CLOSE, ("sdpa_cudnn", "nearest")),             # close, but within the noise: the backend
     (90.0, FAR, ("sdpa_cudnn", "nearest")),               # far: the backend's choice travels, ours does not
     (90.0, OTHER_GROUP, ("sdpa_cudnn", "nearest")),       # another heads-per-kv-head group
-], ids=["exact", "close-ahead", "close-within-noise", "far", "other-group"])
+], ids=["exact", "exact-within-noise", "close-ahead", "close-within-noise", "far", "other-group"])
 def test_own_configs_are_borrowed_only_close_by_and_where_they_won(tmp_path, own_us, point, expected):
     db = cache(tmp_path, entry(TUNED, "attention_fwd", own_us), entry(TUNED, "sdpa_cudnn", 100.0),
                entry(TUNED, "sdpa_flash", 130.0))
@@ -137,3 +138,20 @@ def test_a_backend_that_refuses_the_inputs_leaves_them_to_sdpa_and_restores_the_
     math._sdpa = lambda *a, **kw: seen.update(state()) or F.scaled_dot_product_attention(*a, **kw)
     math(q, k, v)
     assert seen == {f: f == "math" for f in flags} and state() == before
+
+
+def test_where_sdpa_picks_the_backend_itself_the_switches_are_left_alone():
+    from flashcore.kernels.backends import BackendServer
+
+    q, k, v = (torch.randn(2, 4, 9, 16) for _ in range(3))
+    picked = int(torch._fused_sdp_choice(q, k, v, None, 0.0, True, scale=None, enable_gqa=False))
+    names = {0: "math", 1: "flash", 2: "mem_efficient", 3: "cudnn"}
+    other = "math" if names[picked] != "math" else "flash"
+    for flag, switched in ((names[picked], False), (other, True)):
+        server = BackendServer(flag, True)
+        touched = []
+        server._put = tuple((lambda on, f=f: touched.append((f, on)) or f(on)) for f in server._put)
+        out = server(q, k, v)
+        assert bool(touched) == switched, flag
+        if not switched:
+            assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
