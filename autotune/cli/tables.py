@@ -84,7 +84,14 @@ def export_winners(db: Path | None, fmt: str, output: Path | None) -> None:
 def import_winners(db: Path | None, file: Path, replace: bool) -> None:
     from flashcore.cache import CacheStore, read_table
 
+    from ..runtime.index import unusable_reason
+
     entries = read_table(file)
+    for n, entry in enumerate(entries, 1):  # the check get_kernel applies before serving a row
+        why = unusable_reason(entry)
+        if why is not None:
+            raise AutotuneError(f"{file}: entry {n} ({entry.key.kernel} at B{entry.key.batch} H{entry.key.heads} "
+                                f"S{entry.key.seq_len} D{entry.key.head_dim}) cannot run: {why}; nothing imported")
     with CacheStore.open(resolve_db(db), make_parents=db is None) as store:
         written = store.import_entries(entries, replace=replace)
     make_console(stderr=True).print(f"imported {written} of {len(entries)} entries from {file}"

@@ -180,7 +180,7 @@ def usable(entry: Entry) -> bool:
     hit = _USABLE.get(id(entry))
     if hit is not None and hit[0] is entry:
         return hit[1]
-    why = _why_unusable(entry)
+    why = unusable_reason(entry)
     if why is not None:
         point = _point(entry, warn=False)
         where = point.label if point is not None else "?"
@@ -190,7 +190,9 @@ def usable(entry: Entry) -> bool:
     return why is None
 
 
-def _why_unusable(entry: Entry) -> str | None:
+def unusable_reason(entry: Entry) -> str | None:
+    """Why ``entry``'s config is not one its family can run at the entry's point (see :func:`usable`), or None.
+    Also what ``autotune import`` checks before writing anything."""
     from flashcore.kernels._family import resolve
     from flashcore.search_spaces import SpaceError, load_space
 
