@@ -218,7 +218,7 @@ def test_the_verdict_is_memoised_per_entry(monkeypatch):
     bad = dataclasses.replace(good(), config={})
     with pytest.warns(RuntimeWarning):
         assert usable(ok) and not usable(bad)
-    monkeypatch.setattr(index, "_why_unusable", lambda entry: pytest.fail("judged twice"))
+    monkeypatch.setattr(index, "unusable_reason", lambda entry: pytest.fail("judged twice"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no second warning
         assert usable(ok) and not usable(bad)

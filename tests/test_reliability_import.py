@@ -22,6 +22,8 @@ from flashcore.autotune.cli.app import app
 from flashcore.cache import CacheStore, Entry, export_table
 from flashcore.kernels import get_family
 
+from _shapes import fwd_config
+
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 SQL = "x'); DROP TABLE winners;--"
@@ -29,7 +31,7 @@ SQL = "x'); DROP TABLE winners;--"
 
 def entry(seq_len: int = 64, median: float = 50.0) -> Entry:
     key = make_key(Point(1, 2, seq_len, 32), get_family("attention_fwd"), "cpu-interpreter", "cpu")
-    config = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, CAUSAL_SPLIT=False)
+    config = fwd_config(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1, CAUSAL_SPLIT=False)
     return Entry(key, config, median, median * 1.1, median * 1.2, 0.5, 1e-4, "2025-01-01T00:00:00+00:00")
 
 
