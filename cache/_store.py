@@ -18,6 +18,7 @@ import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -51,6 +52,19 @@ def _describe(where: str, exc: sqlite3.Error) -> str:
     if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
         return f"{where} stayed locked by another process ({text})"
     return f"{where}: {text}"
+
+
+@contextmanager
+def _closed_on_error(conn: sqlite3.Connection, where: str):
+    """Close ``conn`` if the block fails; an SQLite error becomes one CacheError line."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        conn.close()
+        raise CacheError(_describe(where, exc)) from None
+    except BaseException:
+        conn.close()
+        raise
 
 
 class CacheStore:
@@ -105,7 +119,7 @@ class CacheStore:
             conn = sqlite3.connect(str(p), isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot open {where} ({getattr(exc, 'strerror', None) or exc})") from None
-        try:
+        with _closed_on_error(conn, where):
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             db = Database(conn, execute_plugins=False)
             store = cls(db, p)
@@ -119,12 +133,6 @@ class CacheStore:
                 migrate(db, where)
 
             store._retry(prepare)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise CacheError(_describe(where, exc)) from None
-        except BaseException:
-            conn.close()
-            raise
         return store
 
     @classmethod
@@ -147,18 +155,13 @@ class CacheStore:
         except sqlite3.Error as exc:
             raise CacheError(_describe(where, exc)) from None
         if version < SCHEMA_VERSION:  # read an old file through the migrations, in a private copy
-            try:
+            with _closed_on_error(conn, where):
                 copy = sqlite3.connect(":memory:", isolation_level=None)
                 conn.backup(copy)
-                conn.close()
-                conn = copy
+            conn.close()
+            conn = copy
+            with _closed_on_error(conn, where):
                 migrate(Database(conn, execute_plugins=False), where)
-            except sqlite3.Error as exc:
-                conn.close()
-                raise CacheError(_describe(where, exc)) from None
-            except BaseException:
-                conn.close()
-                raise
         store = cls(Database(conn, execute_plugins=False), p)
         store._readonly = True
         return store
