@@ -270,13 +270,14 @@ class CacheStore:
         _insert(db, "winners", row, replace=True)
         return True
 
-    def put_winner(self, entry: Entry) -> bool:
-        """Store ``entry`` unless its key already has a winner at least as fast; return whether it was written.
+    def put_winner(self, entry: Entry, *, replace: bool = False) -> bool:
+        """Store ``entry`` unless its key already has a winner at least as fast (``replace``: in any case, for a
+        re-measurement of the same one config, such as a backend timed again); return whether it was written.
 
         The entry is validated with the import rules first (TableError on a bad one).
         """
         check_entries([entry])
-        return self._write(lambda db: self._put(db, entry, only_if_faster=True))
+        return self._write(lambda db: self._put(db, entry, only_if_faster=not replace))
 
     def get_winner(self, key: CacheKey) -> Entry | None:
         """The winner stored for ``key``, or None."""

@@ -95,6 +95,13 @@ def test_replace_only_if_strictly_faster(store: CacheStore) -> None:
     assert len(store.winners()) == 1
 
 
+def test_put_winner_replace_takes_a_slower_remeasurement(store: CacheStore) -> None:
+    assert store.put_winner(make_entry(median=10.0)) is True
+    assert store.put_winner(make_entry(median=12.0), replace=True) is True  # a backend re-timed (sweep --retune)
+    assert store.get_winner(make_key()).median_us == 12.0
+    assert len(store.winners()) == 1
+
+
 def test_put_winner_validates(store: CacheStore) -> None:
     with pytest.raises(TableError, match=r"median_us"):
         store.put_winner(make_entry(median=float("nan")))

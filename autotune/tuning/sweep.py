@@ -134,15 +134,17 @@ def tune_point(point: Point, store: CacheStore, opts: SweepOptions, *, kernel: s
     try:
         runner = _Runner(opts, worker, pool)
         if family.kind == "backend":
-            return _try_backend(point, family, key, store, runner, deadline, on_trial)
+            return _try_backend(point, family, key, store, runner, deadline, on_trial, retime=opts.retune)
         return _study(point, family, key, store, opts, runner, deadline, on_trial)
     finally:
         if own and worker is not None:
             worker.close()
 
 
-def _try_backend(point, family, key, store, runner, deadline, on_trial) -> PointResult:
-    """A backend's one trial at ``point`` (its config is ``{}``), recorded like any other."""
+def _try_backend(point, family, key, store, runner, deadline, on_trial, retime: bool = False) -> PointResult:
+    """A backend's one trial at ``point`` (its config is ``{}``), recorded like any other. ``retime``
+    (``--retune``): the new measurement replaces the key's winner even where the old one was faster: a backend
+    has one config, so an old figure that differs is a stale measurement (another timing method, clocks)."""
     result = PointResult(point, key, valid_configs=1)
     if deadline is not None and time.monotonic() >= deadline:
         result.stopped = "time budget"
@@ -156,7 +158,7 @@ def _try_backend(point, family, key, store, runner, deadline, on_trial) -> Point
     result.stopped = "trials"
     if record.status == "ok" and record.median_us is not None:
         result.best = record
-        store.put_winner(Entry.from_trial(record))
+        store.put_winner(Entry.from_trial(record), replace=retime)
     return result
 
 
