@@ -7,7 +7,8 @@
 #   smoke      the Gluon kernel's first contact (benchmarks/gluon_smoke.py --quick, every launch in a child
 #              process under a timeout), then the GQA and attention_kv GPU tests
 #   tests      the GPU test suite (pytest -m gpu) in $JOBS parallel processes, the Gluon variant tests apart
-#   sweep:G[:DT]  `autotune sweep --grid G [--dtype DT]` with $TRIALS, $PATIENCE, $REP_MS, $BUDGET (seconds)
+#   sweep:G[:DT]  `autotune sweep --grid G [--dtype DT]` with $TRIALS, $PATIENCE, $REP_MS, $BUDGET (seconds),
+#              $KERNEL (candidates), $RETUNE (non-empty: --retune, e.g. to re-time backends)
 #   bench:G[:DT]  `autotune bench --grid G` (own best kernel, served candidate, SDPA backends): JSON + PNG
 #   validate   `autotune validate` of the cache and the shipped tables this toolchain serves here
 #   models     benchmarks/real_models.py prefill and generate(), tuned vs SDPA ($MODELS_ARGS selects models,
@@ -46,7 +47,7 @@ for stage in "$@"; do
              | tee "$out/gpu-tests.log" | tail -12 ;;
     sweep) { prov; timeout "${SWEEP_TIMEOUT:-560}" python3 -m flashcore.autotune sweep --gpu h200 --grid "$grid" \
                ${dtype:+--dtype "$dtype"} --trials "${TRIALS:-10}" --patience "${PATIENCE:-5}" --rep-ms "${REP_MS:-20}" \
-               ${BUDGET:+--time-budget "$BUDGET"} ${KERNEL:+--kernel "$KERNEL"} --db "$db"; } 2>&1 \
+               ${BUDGET:+--time-budget "$BUDGET"} ${KERNEL:+--kernel "$KERNEL"} ${RETUNE:+--retune} --db "$db"; } 2>&1 \
              | tee "$out/sweep$tag.log" | grep -v "^  " | tail -6 ;;
     bench) at bench --gpu h200 --grid "$grid" ${dtype:+--dtype "$dtype"} --db "$db" --rep-ms "${BENCH_REP_MS:-20}" \
              --out "$out/bench$tag.json" --plot "$out/bench$tag.png" 2>&1 | tee "$out/bench$tag.log" | tail -8 ;;
