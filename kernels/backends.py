@@ -148,6 +148,11 @@ class BackendServer:
         self._choice = None if flag is None else _SDP_CHOICE.get(flag)
         self._own_choice: dict[tuple, bool] = {}
 
+    @property
+    def passthrough(self) -> bool:
+        """Whether this server is SDPA's own choice (no switch touched): a call can go to SDPA as it was made."""
+        return self.flags is None
+
     def __call__(self, q, k, v, sm_scale=None):
         mask, causal = None, self.causal
         if self.lower_right and causal and q.shape[2] != k.shape[2]:
@@ -181,6 +186,19 @@ class BackendServer:
             for setter, value in zip(put, before):
                 setter(value)
         return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+
+
+def as_sdpa_choice(run, q, k, v):
+    """``run``, or SDPA's own choice where ``run`` is a BackendServer whose backend SDPA picks itself for this
+    call (``torch._fused_sdp_choice`` over the call's tensors and the switches as they are now): the same launch
+    without reading or setting a switch. Anything else is returned as it is."""
+    if type(run) is not BackendServer or run.flags is None or not q.is_cuda:
+        return run
+    if run.lower_right and q.shape[2] != k.shape[2]:  # a CausalBias call: SDPA's pick is not asked for
+        return run
+    choice = _SDP_CHOICE[_FLAGS[run.flags.index(True)]]
+    picked = int(_fused_choice(q, k, v, None, 0.0, run.causal, enable_gqa=k.shape[1] != q.shape[1]))
+    return BackendServer(None, run.causal, run.lower_right) if picked == choice else run
 
 
 _SDP_CHOICE = {"math": 0, "flash": 1, "mem_efficient": 2, "cudnn": 3}  # torch.nn.attention.SDPBackend values

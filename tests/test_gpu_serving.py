@@ -18,6 +18,7 @@ pytestmark = pytest.mark.gpu
 # (name, point, pinned candidate or None for a miss)
 CASES = [
     ("backend", Point(5, 7, 777, 64, True), "sdpa_cudnn"),
+    ("flash", Point(4, 5, 300, 64, False), "sdpa_flash"),
     ("fwd", Point(3, 8, 333, 64, True, kv_heads=2), "attention_fwd"),
     ("kv-decode", Point(2, 32, 1, 128, True, "bfloat16", kv_heads=8, kv_len=2301, lower_right=True), "attention_kv"),
     ("kv-chunk", Point(1, 28, 100, 128, True, "bfloat16", kv_heads=4, kv_len=3001, lower_right=True), "attention_kv"),
@@ -46,14 +47,16 @@ def inputs(point: Point, seed: int = 0):
     return q, k, v
 
 
-def call(point: Point, q, k, v, compiling: bool = False):
+def call(point: Point, q, k, v, compiling: bool = False, strict: bool = True):
     if point.lower_right and compiling:  # torch.compile cannot construct a CausalBias (SDPA's limit too): the op
         return torch.ops.flashcore.attention(q, k, v, True, None, True)
     if point.lower_right:
         from torch.nn.attention.bias import causal_lower_right
 
-        return attention(q, k, v, attn_mask=causal_lower_right(q.shape[2], k.shape[2]), enable_gqa=True, strict=True)
-    return attention(q, k, v, is_causal=point.causal, enable_gqa=point.kv_heads != point.heads, strict=True)
+        return attention(q, k, v, attn_mask=causal_lower_right(q.shape[2], k.shape[2]), enable_gqa=True,
+                         strict=strict)
+    # strict=False takes the op's hot path (dispatch.PLANS) from the second call of a class on
+    return attention(q, k, v, is_causal=point.causal, enable_gqa=point.kv_heads != point.heads, strict=strict)
 
 
 def truth(point: Point, q, k, v):
@@ -75,12 +78,14 @@ def test_each_served_kind_is_right_sync_free_and_capturable(served_db, case):
     first = call(point, q, k, v)  # compiles and records the launch
     torch.cuda.synchronize()
     assert check(first, truth(point, q, k, v), point.dtype).passed
+    call(point, q, k, v, strict=False)  # records the class's plan
     torch.cuda.set_sync_debug_mode("error")
     try:
         again = call(point, q, k, v)
+        hot = call(point, q, k, v, strict=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert torch.equal(again, first)
+    assert torch.equal(again, first) and torch.equal(hot, first)
 
     static = [t.clone() for t in (q, k, v)]
     side = torch.cuda.Stream()
@@ -90,7 +95,7 @@ def test_each_served_kind_is_right_sync_free_and_capturable(served_db, case):
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = call(point, *static)
+        captured = call(point, *static, strict=False)
     q2, k2, v2 = inputs(point, seed=1)
     for t, new in zip(static, (q2, k2, v2)):
         t.copy_(new)
@@ -125,6 +130,35 @@ def test_decode_over_a_growing_cache_is_the_launcher_bit_for_bit(served_db):
         out = call(point, q, kk, vv)
         assert torch.equal(out, attention_kv(q, kk, vv, config, causal=True, lower_right=True))
     assert fwd.hits - hits >= 30  # at most a few specialization classes compiled: the rest launched fast
+
+
+def test_the_hot_path_plans_sdpa_exactly_where_sdpa_picks_the_served_backend(served_db):
+    from flashcore.autotune.runtime.dispatch import PLANS, TO_SDPA
+
+    picks = {"sdpa_cudnn": 3, "sdpa_flash": 1}
+    for name, point, kernel in CASES:
+        if point.lower_right:  # CausalBias calls are not planned
+            continue
+        q, k, v = inputs(point)
+        out = call(point, q, k, v, strict=False)
+        key = (q.shape, q.stride(), k.shape[1], k.shape[2], q.dtype, point.causal)
+        plan = PLANS[key]
+        if kernel is None:
+            assert plan is TO_SDPA, name
+        elif kernel in picks:
+            choice = int(torch._fused_sdp_choice(q, k, v, None, 0.0, point.causal,
+                                                 enable_gqa=point.kv_heads != point.heads))
+            assert (plan is TO_SDPA) == (choice == picks[kernel]), (name, choice)
+            launch = get_kernel(q.shape, q.dtype, point.causal, kv_heads=point.kv_heads).config
+            assert launch == {}
+            from flashcore.kernels.backends import call_with_only
+
+            only = call_with_only(kernel.removeprefix("sdpa_").replace("efficient", "mem_efficient"),
+                                  lambda: F.scaled_dot_product_attention(q, k, v, is_causal=point.causal,
+                                                                         enable_gqa=point.kv_heads != point.heads))
+            assert torch.equal(out, only), name  # the served backend's own result, whichever way it was called
+        else:
+            assert plan is not TO_SDPA and callable(plan), name
 
 
 def test_a_miss_serves_sdpa_itself(served_db):

@@ -155,3 +155,25 @@ def test_where_sdpa_picks_the_backend_itself_the_switches_are_left_alone():
         assert bool(touched) == switched, flag
         if not switched:
             assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+DECODE = Point(1, 32, 1, 128, True, "bfloat16", kv_heads=8, kv_len=2300, lower_right=True)
+DECODE_NEAR = Point(1, 32, 1, 128, True, "bfloat16", kv_heads=8, kv_len=3000, lower_right=True)
+
+
+@pytest.mark.parametrize("own_us, cudnn_us, point, eager", [
+    (8.0, 12.0, DECODE, "sdpa_cudnn"),          # 4 µs of device time saved: less than the host pays more
+    (8.0, 40.0, DECODE, "attention_kv"),        # 32 µs saved: ours for eager callers too
+    (8.0, 12.0, DECODE_NEAR, "sdpa_cudnn"),     # borrowed from the nearest point: its backend likewise
+], ids=["host-bound", "device-bound", "nearest"])
+def test_eager_decode_gets_the_backend_where_our_launch_costs_more_than_it_saves(tmp_path, own_us, cudnn_us,
+                                                                                 point, eager):
+    from flashcore.autotune.runtime.dispatch import _eager_choice
+
+    db = cache(tmp_path, entry(DECODE, "attention_kv", own_us), entry(DECODE, "sdpa_cudnn", cudnn_us))
+    tuned = served(db, point)
+    assert tuned.kernel == "attention_kv"  # device time decides what get_kernel (and a compiled graph) serves
+    chosen = _eager_choice(tuned, point.seq_len, point.kv_len)
+    assert chosen.kernel == eager and chosen.source == tuned.source
+    prefill = _eager_choice(tuned, 100, point.kv_len)  # not a decode-class call: device time alone
+    assert prefill is tuned

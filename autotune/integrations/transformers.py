@@ -65,7 +65,7 @@ import sys
 import torch
 
 from flashcore.autotune.runtime.dispatch import get_kernel
-from flashcore.autotune.runtime.op import serve, unsupported_reason
+from flashcore.autotune.runtime.op import planned, serve, unsupported_reason
 
 DEFAULT_NAME = "fc_tuned"
 _MAX_REASONS = 64  # distinct fallback reasons kept; later ones are counted under "other"
@@ -78,7 +78,9 @@ def _new_stats() -> dict:
 
 
 _STATS = _new_stats()
-_IS_BACKEND: dict[str, bool] = {}  # candidate name -> whether it is a backend (TunedKernel.backend, memoised)
+# served calls by call class (q's shape, kv heads, kv length, dtype, causal, lower_right): counted in the hot
+# path as one dictionary update, resolved to candidates (the memoised get_kernel lookup) by stats()
+_SERVED: dict[tuple, list] = {}
 
 
 def stats() -> dict:
@@ -90,6 +92,7 @@ def stats() -> dict:
     "shipped", "nearest", "default"), ``fallback_reasons`` fallbacks per reason, ``by_phase`` calls and served
     calls for "decode" (one query token) and "prefill" (more than one).
     """
+    _resolve()
     s = _STATS
     return {**{k: s[k] for k in ("calls", "tuned", "backend", "fallback")},
             **{k: dict(s[k]) for k in ("by_candidate", "by_source", "fallback_reasons")},
@@ -100,6 +103,7 @@ def reset_stats() -> None:
     """Zero the counters of :func:`stats`."""
     _STATS.clear()
     _STATS.update(_new_stats())
+    _SERVED.clear()
 
 
 def _bump(counts: dict, key: str) -> None:
@@ -108,27 +112,38 @@ def _bump(counts: dict, key: str) -> None:
 
 def _count(query: torch.Tensor, key: torch.Tensor, is_causal: bool, reason: str | None,
            lower_right: bool = False) -> None:
-    """Record one call: the candidate ``serve`` runs (the same memoised ``get_kernel`` lookup, a dictionary
-    hit), or the fallback reason."""
+    """Record one call: served (by its call class, resolved to the candidate later), or the fallback reason."""
+    if reason is None:  # kv lengths other than L by power of two (as get_kernel), with one length seen
+        s, lq = key.shape[2], query.shape[2]
+        served = (query.shape, key.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), query.dtype,
+                  is_causal, lower_right)
+        found = _SERVED.get(served)
+        if found is None:
+            _SERVED[served] = [1, s]
+        else:
+            found[0] += 1
+        return
     s = _STATS
     s["calls"] += 1
-    phase = s["by_phase"]["decode" if query.shape[2] == 1 else "prefill"]
-    phase["calls"] += 1
-    if reason is not None:
-        s["fallback"] += 1
-        reasons = s["fallback_reasons"]
-        _bump(reasons, reason if reason in reasons or len(reasons) < _MAX_REASONS else "other")
-        return
-    tuned = get_kernel(query.shape, query.dtype, is_causal, kv_heads=key.shape[1], kv_len=key.shape[2],
-                       lower_right=lower_right)
-    name = tuned.kernel
-    backend = _IS_BACKEND.get(name)
-    if backend is None:
-        backend = _IS_BACKEND[name] = tuned.backend
-    s["backend" if backend else "tuned"] += 1
-    phase["served"] += 1
-    _bump(s["by_candidate"], name)
-    _bump(s["by_source"], tuned.source)
+    s["fallback"] += 1
+    s["by_phase"]["decode" if query.shape[2] == 1 else "prefill"]["calls"] += 1
+    reasons = s["fallback_reasons"]
+    _bump(reasons, reason if reason in reasons or len(reasons) < _MAX_REASONS else "other")
+
+
+def _resolve() -> None:
+    """Fold the served call classes counted so far into the stats: the candidate get_kernel serves each."""
+    s = _STATS
+    for (shape, kv_heads, _, dtype, causal, lower_right), (n, kv_len) in _SERVED.items():
+        tuned = get_kernel(shape, dtype, causal, kv_heads=kv_heads, kv_len=kv_len, lower_right=lower_right)
+        s["calls"] += n
+        s["backend" if tuned.backend else "tuned"] += n
+        phase = s["by_phase"]["decode" if shape[2] == 1 else "prefill"]
+        phase["calls"] += n
+        phase["served"] += n
+        for counts, name in ((s["by_candidate"], tuned.kernel), (s["by_source"], tuned.source)):
+            counts[name] = counts.get(name, 0) + n
+    _SERVED.clear()
 
 
 def _why_built(kw: dict) -> str | None:
@@ -215,6 +230,11 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if causal and not lower_right and key.shape[2] > q_length:  # top-left causal hides the keys past q_length
         k, v = key[:, :, :q_length], value[:, :, :q_length]
 
+    if mask is None and not dropout and counting and not lower_right:  # the op's hot path (a class seen before)
+        out = planned(query, k, v, causal, scaling, enable_gqa)
+        if out is not None:
+            _count(query, k, causal, None)
+            return out.transpose(1, 2).contiguous(), None
     reason = unsupported_reason(query, k, v, mask, dropout, enable_gqa, causal, scale=scaling)
     if counting:
         if reason is not None and why is not None:  # say why the mask is there, where that is known

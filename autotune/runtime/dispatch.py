@@ -11,10 +11,13 @@ whatever a sweep found fastest and correct at the point. Lookup order:
    a shape no table covers is never slower than without FlashCore. ``kernel="own"`` (or a family's name), and
    Triton's CPU interpreter (where speed means nothing and our kernels are what is being tried), instead serve
    the safe default config of our kernel (split-KV filled to the GPU for decode).
-"nearest" and "default" lookups are recorded as misses next to the cache file (``autotune misses``). Only
-entries this process may serve are considered (``servable``: for our kernels the Triton version and the JIT
-source's hash, for a backend the torch and library builds; ``index.usable``: a config its family can run). The
-cache file is read once per process; after the first call for a shape, get_kernel is a dictionary lookup.
+Eager callers (the drop-in op outside torch.compile) of a decode-class call served by our kernel get the best
+backend measured at the same point instead where it is slower by less than EAGER_HOST_US: our split-KV launch
+costs the host more than SDPA's (``runner_for``). "nearest" and "default" lookups are recorded as misses next
+to the cache file (``autotune misses``). Only entries this process may serve are considered (``servable``: for
+our kernels the Triton version and the JIT source's hash, for a backend the torch and library builds;
+``index.usable``: a config its family can run). The cache file is read once per process; after the first call
+for a shape, get_kernel is a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -45,6 +48,14 @@ SDPA = "sdpa"  # SDPA's own choice (kernels/backends.py): what a miss serves whe
 # loop lengths change by at most that much, and a 3% lead is the timing noise of a sweep twice over.
 OWN_REACH = 2.0
 OWN_MARGIN = 0.97
+# Eager decode (a few queries over a longer KV cache, called outside torch.compile): our split-KV kernel costs the
+# host about this much more per call than SDPA (two launches and a workspace against one library call:
+# benchmarks/overhead.py, "kv-decode" against "backend-decode", on the H200's host). Where a backend measured at
+# the same point is slower by less than that, eager callers (runner_for, the drop-in op's eager path) get the
+# backend: a step that waits on the host would lose more than the device time saves. Inside CUDA graphs and
+# torch.compile (the op's compiled path) device time alone decides. ``$FLASHCORE_EAGER_HOST_US`` overrides it.
+EAGER_HOST_US = 20.0
+EAGER_MAX_QUERIES = 16
 
 
 class TunedKernel:
@@ -56,16 +67,17 @@ class TunedKernel:
     "default"). Tensors on the CPU outside Triton's interpreter are computed by SDPA (our kernels need a GPU).
     """
 
-    __slots__ = ("config", "source", "entry", "causal", "kernel", "lower_right", "_launch", "_run")
+    __slots__ = ("config", "source", "entry", "causal", "kernel", "lower_right", "backend_entry", "_launch", "_run")
 
     def __init__(self, config: dict[str, Any], source: str, entry: Entry | None, causal: bool, kernel: str,
-                 lower_right: bool = False):
+                 lower_right: bool = False, backend_entry: Entry | None = None):
         self.config = config
         self.source = source
         self.entry = entry
         self.causal = causal
         self.kernel = kernel
         self.lower_right = lower_right
+        self.backend_entry = backend_entry  # the best backend measured where ``entry`` was (for eager decode)
         self._launch = self._run = None
 
     @property
@@ -135,19 +147,50 @@ def get_kernel(shape: Sequence[int], dtype: torch.dtype | str = torch.float16, c
 
 
 _RUNNERS: dict[tuple, Any] = {}
+MAX_RUNNERS = 4096  # distinct call classes remembered (prompt lengths vary): past it the memo starts again
+# What the drop-in op's hot path reads (op.attention): call class -> the unchecked runner of our kernel served
+# there, or TO_SDPA where the served candidate is SDPA's own choice (then the call goes to SDPA as the user made
+# it, at SDPA's host cost). Filled by runner_for; cleared, never rebound, by clear_cache.
+PLANS: dict[tuple, Any] = {}
+TO_SDPA = SDPA
 
 
-def runner_for(q: torch.Tensor, k: torch.Tensor, causal: bool, lower_right: bool):
+def runner_for(q: torch.Tensor, k: torch.Tensor, causal: bool, lower_right: bool, v: torch.Tensor | None = None):
     """The unchecked runner (``TunedKernel.runner``) of the candidate get_kernel serves for q and k: the drop-in
     op's hot path, for calls it checked already. One dictionary lookup per call (kv lengths other than L by
-    power of two, as get_kernel)."""
+    power of two, as get_kernel; q's strides too, on which SDPA's own backend choice depends).
+
+    A backend that SDPA would pick itself for this call (``backends.sdpa_picks``) is served as SDPA's own choice
+    (no backend switch read or set). Also records the call class in ``PLANS`` for the op's hot path."""
     s, lq = k.shape[2], q.shape[2]
-    key = (q.shape, k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, causal, lower_right)
+    key = (q.shape, q.stride(), k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, causal,
+           lower_right)
     run = _RUNNERS.get(key)
     if run is None:
-        run = _RUNNERS[key] = get_kernel(q.shape, q.dtype, causal, kv_heads=k.shape[1], kv_len=s,
-                                         lower_right=lower_right).runner()
+        from flashcore.kernels.backends import as_sdpa_choice
+
+        if len(_RUNNERS) >= MAX_RUNNERS:
+            _RUNNERS.clear()
+            PLANS.clear()
+        tuned = _eager_choice(get_kernel(q.shape, q.dtype, causal, kv_heads=k.shape[1], kv_len=s,
+                                         lower_right=lower_right), lq, s)
+        run = _RUNNERS[key] = as_sdpa_choice(tuned.runner(), q, k, k if v is None else v)
+        if not lower_right:  # the op's plans cover calls without a mask (is_causal top-left, or none)
+            PLANS[key[:-1]] = TO_SDPA if getattr(run, "passthrough", False) else run
     return run
+
+
+def _eager_choice(tuned: TunedKernel, lq: int, s: int) -> TunedKernel:
+    """What an eager caller gets: ``tuned``, but for a decode-class call (at most EAGER_MAX_QUERIES queries over a
+    longer KV cache) served by our kernel, the best backend measured at the same point where that backend is
+    slower by less than EAGER_HOST_US of device time."""
+    alt, own = tuned.backend_entry, tuned.entry
+    if alt is None or own is None or lq > EAGER_MAX_QUERIES or s <= lq or tuned.backend:
+        return tuned
+    gap = float(os.environ.get("FLASHCORE_EAGER_HOST_US", EAGER_HOST_US))
+    if not alt.median_us <= own.median_us + gap:
+        return tuned
+    return TunedKernel({}, tuned.source, alt, tuned.causal, alt.key.kernel, tuned.lower_right)
 
 
 def clear_cache() -> None:
@@ -156,6 +199,7 @@ def clear_cache() -> None:
     _index.clear()
     _MEMO.clear()
     _RUNNERS.clear()
+    PLANS.clear()
     import sys
 
     fast = sys.modules.get("flashcore.kernels.attention_fwd.fastlaunch")  # only if it was ever loaded
@@ -190,10 +234,17 @@ def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKerne
                  if _can_serve(e, point, allowed)]
         if found:
             entry = _ahead(found) if kernel is None else min(found, key=lambda e: e.median_us)
-            return TunedKernel(dict(entry.config), source, entry, point.causal, entry.key.kernel, point.lower_right)
+            return TunedKernel(dict(entry.config), source, entry, point.causal, entry.key.kernel, point.lower_right,
+                               _best_backend(found) if kernel is None else None)
     entry = _nearest(point, names, indexes, allowed, bounded=kernel is None)
     if entry is not None:
-        found = TunedKernel(dict(entry.config), "nearest", entry, point.causal, entry.key.kernel, point.lower_right)
+        alt = None
+        if kernel is None:
+            alt = _best_backend([e for _, index in indexes for name in names
+                                 for e in index.groups.get(group_key(name, point), ())
+                                 if _same_point(e, entry) and _can_serve(e, point, allowed)])
+        found = TunedKernel(dict(entry.config), "nearest", entry, point.causal, entry.key.kernel, point.lower_right,
+                            alt)
     elif SDPA in allowed and names and names[0] != CPU_GPU_NAME:
         found = TunedKernel({}, "default", None, point.causal, SDPA, point.lower_right)
     else:
@@ -248,6 +299,11 @@ def _ahead(entries: list[Entry]) -> Entry:
         return best
     backend = min(theirs, key=lambda e: e.median_us)
     return best if best.median_us <= OWN_MARGIN * backend.median_us else backend
+
+
+def _best_backend(entries: list[Entry]) -> Entry | None:
+    theirs = [e for e in entries if get_family(e.key.kernel).kind == "backend"]
+    return min(theirs, key=lambda e: e.median_us) if theirs else None
 
 
 def _same_point(a: Entry, b: Entry) -> bool:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from flashcore.kernels import FAMILIES, KernelInputError, families
 from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
 
-from .dispatch import get_kernel, runner_for
+from .dispatch import PLANS, TO_SDPA, get_kernel, runner_for
 
 _DTYPES = (torch.float16, torch.bfloat16)
 # Smaller softmax scales (and non-positive ones) go to SDPA: scale x log2(e) would flush towards zero in fp32,
@@ -73,18 +73,20 @@ def unsupported_reason(q, k, v, attn_mask=None, dropout_p=0.0, enable_gqa=False,
     """Why the tuned candidates cannot compute this call exactly as SDPA would, or None when they can."""
     # The common supported call (CUDA, no mask or dropout: equal lengths or a KV cache, grouped heads with
     # enable_gqa) in one pass. Together these conditions imply that every check below passes.
-    if attn_mask is None and not dropout_p and q.is_cuda and (scale is None or scale >= MIN_SCALE):
-        qs, ks = q.shape, k.shape
-        if (len(qs) == 4 and len(ks) == 4 and v.shape == ks and ks[0] == qs[0] and ks[3] == qs[3]
-                and 1 <= qs[3] <= MAX_HEAD_DIM and min(qs) >= 1 and min(ks) >= 1
-                and (ks[1] == qs[1] or (enable_gqa and qs[1] % ks[1] == 0))
-                and (ks[2] == qs[2] or _any_lengths())):
-            dtype = q.dtype
-            if (dtype in _DTYPES and k.dtype == dtype and v.dtype == dtype
-                    and k.device == q.device and v.device == q.device
-                    and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
-                return None
+    if attn_mask is None and not dropout_p and _supported_fast(q, k, v, q.shape, k.shape, enable_gqa, scale):
+        return None
     return _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale)
+
+
+def _supported_fast(q, k, v, qs, ks, enable_gqa, scale) -> bool:
+    """Whether a call without mask or dropout is one the tuned candidates compute exactly (True implies that
+    ``_reason`` finds nothing; False says nothing)."""
+    return (q.is_cuda and (scale is None or scale >= MIN_SCALE) and len(qs) == 4 and len(ks) == 4
+            and v.shape == ks and ks[0] == qs[0] and ks[3] == qs[3] and 1 <= qs[3] <= MAX_HEAD_DIM
+            and min(qs) >= 1 and min(ks) >= 1 and (ks[1] == qs[1] or (enable_gqa and qs[1] % ks[1] == 0))
+            and (ks[2] == qs[2] or _any_lengths()) and q.dtype in _DTYPES and k.dtype == q.dtype
+            and v.dtype == q.dtype and k.device == q.device and v.device == q.device
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
 
 
 def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale=None) -> str | None:
@@ -126,7 +128,7 @@ def serve(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, sc
     transformers integration, come here directly): in plain eager mode the served candidate's unchecked runner
     (``dispatch.runner_for``: one dictionary lookup), else the op."""
     if _eager(q, k, v):
-        return runner_for(q, k, is_causal, lower_right)(q, k, v, scale)
+        return runner_for(q, k, is_causal, lower_right, v)(q, k, v, scale)
     return torch.ops.flashcore.attention(q, k, v, is_causal, scale, lower_right)
 
 
@@ -146,6 +148,30 @@ def _eager(q, k, v) -> bool:
             and not _profiling())
 
 
+_sdpa = F.scaled_dot_product_attention
+
+
+def planned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float | None,
+            enable_gqa: bool) -> torch.Tensor | None:
+    """The op's hot path for a call without mask or dropout, or None where it does not apply (not compiling; a
+    call class seen before: ``dispatch.PLANS``, keyed by q's shape and strides, kv heads, kv length by power of
+    two, dtype and is_causal). Where SDPA's own choice is served the call goes to SDPA exactly as made (SDPA's
+    host cost, nothing added but this lookup); where our kernel is, its unchecked runner runs once the call
+    passes the support check, which the class alone does not imply, in plain eager mode."""
+    if _is_compiling():
+        return None
+    qs, ks = q.shape, k.shape
+    if len(ks) != 4:
+        return None
+    s, lq = ks[2], qs[2]
+    plan = PLANS.get((qs, q.stride(), ks[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, is_causal))
+    if plan is TO_SDPA:
+        return _sdpa(q, k, v, None, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
+    if plan is not None and _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
+        return plan(q, k, v, scale)
+    return None
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None, dropout_p: float = 0.0,
               is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False, *,
               strict: bool = False) -> torch.Tensor:
@@ -153,6 +179,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
 
     ``strict=True`` raises UnsupportedAttention naming what is unsupported instead of falling back.
     """
+    if attn_mask is None and not dropout_p and not strict:
+        out = planned(q, k, v, is_causal, scale, enable_gqa)
+        if out is not None:
+            return out
     reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale)
     if reason is None:
         lower_right = False
@@ -162,5 +192,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
         return serve(q, k, v, bool(is_causal), scale, lower_right)
     if strict:
         raise UnsupportedAttention(reason)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                                          scale=scale, enable_gqa=enable_gqa)
+    return _sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                 enable_gqa=enable_gqa)
