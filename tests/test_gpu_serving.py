@@ -13,6 +13,8 @@ from flashcore.autotune.evaluation.pin import pin
 from flashcore.kernels.attention_kv.fastlaunch import runners
 from flashcore.kernels.attention_kv.launch import attention_kv
 
+from _tiers import tiered
+
 pytestmark = pytest.mark.gpu
 
 # (name, point, pinned candidate or None for a miss)
@@ -24,6 +26,9 @@ CASES = [
     ("kv-chunk", Point(1, 28, 100, 128, True, "bfloat16", kv_heads=4, kv_len=3001, lower_right=True), "attention_kv"),
     ("miss", Point(2, 6, 129, 96, False, "bfloat16", kv_heads=3), None),  # no table has head dim 96
 ]
+
+
+CASE = {name: point for name, point, _ in CASES}
 
 
 @pytest.fixture
@@ -104,7 +109,8 @@ def test_each_served_kind_is_right_sync_free_and_capturable(served_db, case):
     assert torch.equal(captured, call(point, q2, k2, v2))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", tiered(  # a cold torch.compile each: the fast tier compiles three kinds
+    CASES, [c[0] for c in CASES], fast=["backend", "fwd", "kv-decode"]))
 def test_reduce_overhead_compile_has_no_graph_break(served_db, case):
     _, point, _ = case
     q, k, v = inputs(point)
@@ -120,7 +126,7 @@ def test_reduce_overhead_compile_has_no_graph_break(served_db, case):
 def test_decode_over_a_growing_cache_is_the_launcher_bit_for_bit(served_db):
     """Each step one token longer (new length, new strides): one compiled kernel per class, launched fast."""
     fwd, _ = runners()
-    point = CASES[2][1]
+    point = CASE["kv-decode"]
     config = get_kernel((point.batch, point.heads, 1, point.head_dim), torch.bfloat16, True, kv_heads=8,
                         kv_len=point.kv_len, lower_right=True).config
     q, k, v = inputs(point)
@@ -141,7 +147,9 @@ def test_the_hot_path_plans_sdpa_exactly_where_sdpa_picks_the_served_backend(ser
             continue
         q, k, v = inputs(point)
         out = call(point, q, k, v, strict=False)
-        key = (q.shape, q.stride(), k.shape[1], k.shape[2], q.dtype, point.causal)
+        s, lq = k.shape[2], q.shape[2]
+        key = (q.shape, q.stride(), k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype,
+               point.causal)
         plan = PLANS[key]
         if kernel is None:
             assert plan is TO_SDPA, name
@@ -162,7 +170,7 @@ def test_the_hot_path_plans_sdpa_exactly_where_sdpa_picks_the_served_backend(ser
 
 
 def test_a_miss_serves_sdpa_itself(served_db):
-    point = CASES[-1][1]
+    point = CASE["miss"]
     q, k, v = inputs(point)
     out = attention(q, k, v, enable_gqa=True)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
@@ -171,6 +179,7 @@ def test_a_miss_serves_sdpa_itself(served_db):
 transformers = pytest.importorskip("transformers")
 
 
+@pytest.mark.slow  # transformers compiles the decode step twice (sdpa, then ours)
 def test_static_cache_generate_compiled_matches_sdpa():
     """A tiny Llama with transformers' StaticCache, its decoding compiled by transformers itself (reduce-overhead:
     CUDA graphs) with fullgraph=True: our registered implementation breaks no graph (its masked static-cache

@@ -179,10 +179,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
 
     ``strict=True`` raises UnsupportedAttention naming what is unsupported instead of falling back.
     """
-    if attn_mask is None and not dropout_p and not strict:
-        out = planned(q, k, v, is_causal, scale, enable_gqa)
-        if out is not None:
-            return out
+    if attn_mask is None and not dropout_p and not strict and not _is_compiling():
+        # ``planned``, inlined: a Python call frame is a tenth of the host time this path may add to SDPA's
+        qs, ks = q.shape, k.shape
+        if len(ks) == 4:
+            s, lq = ks[2], qs[2]
+            plan = PLANS.get((qs, q.stride(), ks[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype,
+                              is_causal))
+            if plan is TO_SDPA:
+                return _sdpa(q, k, v, None, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
+            if plan is not None and _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
+                return plan(q, k, v, scale)
     reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale)
     if reason is None:
         lower_right = False
