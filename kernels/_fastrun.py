@@ -19,10 +19,20 @@ compiled kernel is fetched with ``fn.warmup`` (a hit in Triton's cache). Falls b
 (counted in ``fallbacks``) where it cannot prove the launch is the same: another Triton than 3.6.x, the
 interpreter (the function is not a JITFunction), a launch hook or pre-run hook set, a changed kernel global,
 keywords that are not hashable. Keys live in one LRU of ``MAX_ENTRIES`` per runner.
+
+A caller that knows its arguments can key them itself (:meth:`FastRunner.launch` / :meth:`FastRunner.first`,
+attention_kv's server): its key must be at least as fine as the ``arg_class`` of every argument (equal keys, equal
+classes; :func:`int_classes` is the cheap form for a run of ints), and it passes the tensors of a repeated launch
+as their ``data_ptr()`` ints, which Triton's launcher takes as they are (for a tensor it calls ``data_ptr()`` and
+checks the address with the driver, ``cuPointerGetAttribute``, which for device memory gives the address back).
+:func:`launch_context` reads the device, the stream, the hooks and the knobs once for the launches of one call.
+Where the compiled kernel's launcher is Triton's ``CudaLauncher`` and the kernel needs no scratch memory, a repeated
+launch calls the launcher's C function with the arguments ``CudaLauncher.__call__`` would pass it (``_direct``).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +53,8 @@ except ImportError:  # another Triton: never fast
 MAX_ENTRIES = 512
 SUPPORTED = triton.__version__.startswith("3.6.") and HookChain is not None
 _I32 = (-(1 << 31), 1 << 31)
+_I32_MAX = (1 << 31) - 1
+_KEYED = ("keyed",)  # first element of the keys callers build: never an int meta id (the generic keys' first)
 _I64_END = 1 << 63
 _Tensor = torch.Tensor
 
@@ -71,6 +83,50 @@ def _hooks_clear() -> bool:
     enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
     return ((enter is None or (type(enter) is HookChain and not enter.calls))
             and (exit_ is None or (type(exit_) is HookChain and not exit_.calls)))
+
+
+def int_classes(ints: tuple[int, ...]) -> tuple | None:
+    """``arg_class`` of each of ``ints`` (Python ints, at least one) in a cheaper form, or None when one of them is
+    not a 32-bit int (then key them by ``arg_class``). Each is 2 for the constant 1, else whether 16 divides it:
+    with the width fixed at 32 bits that is ``arg_class``'s class one for one (tests/test_fastrun.py)."""
+    if min(ints) < _I32[0] or max(ints) > _I32_MAX:
+        return None
+    return tuple([2 if x == 1 else not x & 15 for x in ints])
+
+
+def launch_context() -> tuple | None:
+    """What the fast launches of one call share, read once: (device, stream, key prefix of the current device and
+    Triton's debug and instrumentation knobs). None while a launch hook is set: Triton's own launch calls it."""
+    if not _hooks_clear():
+        return None
+    drv = driver.active
+    device = drv.get_current_device()
+    return device, drv.get_current_stream(device), (_KEYED, device, knobs.runtime.debug,
+                                                     knobs.compilation.instrumentation_mode)
+
+
+class _Entry(list):
+    """A recorded launch: [launcher, function, packed metadata, constexpr tail, last use] and ``direct``."""
+
+    __slots__ = ("direct",)
+
+
+@functools.cache
+def _direct_types() -> tuple[type, ...]:
+    try:
+        from triton.backends.nvidia.driver import CudaLauncher
+    except ImportError:  # no CUDA backend in this Triton: every launch through the launcher object
+        return ()
+    return (CudaLauncher,)
+
+
+def _direct(run) -> tuple | None:
+    """(C launch function, cooperative flag, PDL flag) of a CudaLauncher whose kernel needs no global or profile
+    scratch memory: its ``__call__`` then calls ``launch(grid, stream, function, cooperative, pdl, None, None,
+    *rest)`` and nothing else, so calling that directly is the same launch. None for any other launcher."""
+    if type(run) not in _direct_types() or run.global_scratch_size or run.profile_scratch_size:
+        return None
+    return run.launch, run.launch_cooperative_grid, run.launch_pdl
 
 
 class FastRunner:
@@ -117,15 +173,33 @@ class FastRunner:
         if fn.used_global_vals and _globals_changed(fn):
             return self._triton(grid, args, meta)
         entry[4] = next(self._clock)
-        run, function, packed, tail, _ = entry
         g1 = grid[1] if len(grid) > 1 else 1
         g2 = grid[2] if len(grid) > 2 else 1
-        try:
-            run(grid[0], g1, g2, drv.get_current_stream(device), function, packed, None, None, None, *args, *tail)
-        except Exception:
-            with typed_errors():  # the KernelError Triton's own launch would have raised
-                raise
+        _launch(entry, grid[0], g1, g2, drv.get_current_stream(device), args)
         self.hits += 1
+
+    def launch(self, ctx: tuple, key: Any, grid: tuple[int, int, int], args: Sequence[Any]) -> bool:
+        """Repeat the launch recorded under the caller's ``key`` with ``args`` (the tensors as their ``data_ptr()``
+        ints) in ``ctx`` (``launch_context()`` of this call). False when none is recorded or the fast path is
+        off for this function now; the caller then calls :meth:`first` with the tensors themselves."""
+        entry = self._cache.get((ctx[2], key))
+        if entry is None:
+            return False
+        fn = self.fn
+        if fn.pre_run_hooks or (fn.used_global_vals and _globals_changed(fn)):
+            return False
+        entry[4] = next(self._clock)
+        _launch(entry, grid[0], grid[1], grid[2], ctx[1], args)
+        self.hits += 1
+        return True
+
+    def first(self, ctx: tuple | None, key: Any, grid: tuple[int, int, int], args: Sequence[Any],
+              meta: Mapping[str, Any]) -> None:
+        """``fn[grid](*args, **meta)`` through Triton, recorded under ``key`` for :meth:`launch` where the fast
+        path is on. ``key`` must be at least as fine as ``arg_class`` of each of ``args`` and the keywords."""
+        if ctx is None or not self.enabled or self.fn.pre_run_hooks:
+            return self._triton(grid, args, meta)
+        self._miss((ctx[2], key), grid, args, meta)
 
     def _triton(self, grid, args, meta) -> None:
         self.fallbacks += 1
@@ -143,7 +217,8 @@ class FastRunner:
         if kernel is None or tail is None:
             return
         run = kernel.run  # the property loads the binary and sets kernel.function
-        self._cache[key] = [run, kernel.function, kernel.packed_metadata, tail, next(self._clock)]
+        entry = self._cache[key] = _Entry((run, kernel.function, kernel.packed_metadata, tail, next(self._clock)))
+        entry.direct = _direct(run)
         while len(self._cache) > MAX_ENTRIES:
             oldest = min(self._cache.items(), key=lambda item: item[1][-1])[0]
             del self._cache[oldest]
@@ -161,6 +236,20 @@ class FastRunner:
 
     def __repr__(self) -> str:
         return f"FastRunner({self.fn.__name__}, hits={self.hits}, misses={self.misses}, fallbacks={self.fallbacks})"
+
+
+def _launch(entry: _Entry, g0: int, g1: int, g2: int, stream: int, args: Sequence[Any]) -> None:
+    run, function, packed, tail, _ = entry
+    direct = entry.direct
+    try:
+        if direct is None:
+            run(g0, g1, g2, stream, function, packed, None, None, None, *args, *tail)
+        else:
+            direct[0](g0, g1, g2, stream, function, direct[1], direct[2], None, None, packed, None, None, None,
+                      *args, *tail)
+    except Exception:
+        with typed_errors():  # the KernelError Triton's own launch would have raised
+            raise
 
 
 def _globals_changed(fn) -> bool:
