@@ -3,7 +3,7 @@
 Importing this package has no side effects: nothing is opened or created until ``CacheStore.open`` is called.
 """
 
-from ._errors import CacheError, TableError
+from ._errors import CacheError, TableError, TableTooLarge
 from ._merge import MergeReport, merge_caches
 from ._migrations import SCHEMA_VERSION
 from ._store import CacheStore
@@ -24,6 +24,7 @@ __all__ = [
     "Entry",
     "MergeReport",
     "TableError",
+    "TableTooLarge",
     "TrialRecord",
     "base_dtype",
     "entry_to_dict",

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._errors import CacheError, TableError
+from ._errors import CacheError, TableError, TableTooLarge
 from ._types import DTYPES, CacheKey, Entry, base_dtype
 
 FORMAT_VERSION = 2
@@ -41,7 +41,7 @@ _FIELDS_OF = {1: FIELDS_V1, 2: FIELDS}
 _TOP_KEYS = frozenset({"format_version", "provenance", "entries"})
 _TEXT_FIELDS = ("gpu", "compute_capability", "kernel", "triton_version", "torch_version", "kernel_hash", "created_at")
 
-MAX_ENTRIES = 100_000
+MAX_ENTRIES = 100_000  # the format's bound; a reader may ask for fewer (read_table's max_entries)
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_TEXT = 128
 MAX_US = 3.6e9  # one hour, in microseconds
@@ -209,9 +209,12 @@ def _parse_entry(loc: str, item: Any, version: int = FORMAT_VERSION) -> Entry:
     )  # fmt: skip
 
 
-def _parse_entries(items: Sequence[Any], version: int = FORMAT_VERSION) -> list[Entry]:
-    if len(items) > MAX_ENTRIES:
-        raise TableError(f"entries: expected at most {MAX_ENTRIES} entries, got {len(items)}")
+def _parse_entries(items: Sequence[Any], version: int = FORMAT_VERSION,
+                   max_entries: int | None = None) -> list[Entry]:
+    limit = MAX_ENTRIES if max_entries is None else min(max_entries, MAX_ENTRIES)
+    if len(items) > limit:  # before any entry is validated: a refusal costs nothing per entry
+        raise TableTooLarge(f"entries: expected at most {limit} entries, got {len(items)}", len(items), limit,
+                            hard=limit >= MAX_ENTRIES)
     out: list[Entry] = []
     seen: dict[CacheKey, int] = {}
     for index, item in enumerate(items):
@@ -237,10 +240,11 @@ def _check_provenance(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def parse_table(obj: Any) -> list[Entry]:
+def parse_table(obj: Any, *, max_entries: int | None = None) -> list[Entry]:
     """Validate a decoded table (the object ``json.load`` returns) and return its entries.
 
-    Raises TableError with one line naming the first problem found.
+    Raises TableError with one line naming the first problem found; TableTooLarge (a TableError) before any
+    entry is read when the table holds more than ``max_entries`` (default, and at most: ``MAX_ENTRIES``).
     """
     if not isinstance(obj, dict):
         raise TableError(f"top level: expected an object, got {_describe(obj)}")
@@ -261,7 +265,7 @@ def parse_table(obj: Any) -> list[Entry]:
         raise TableError("entries: missing")
     if not isinstance(obj["entries"], list):
         raise TableError(f"entries: expected an array, got {_describe(obj['entries'])}")
-    return _parse_entries(obj["entries"], version)
+    return _parse_entries(obj["entries"], version, max_entries)
 
 
 def check_entries(entries: Sequence[Entry]) -> None:
@@ -290,8 +294,9 @@ def _reject_constant(name: str) -> Any:
     raise _BadConstant(name)
 
 
-def read_table(path: str | os.PathLike[str]) -> list[Entry]:
-    """Read and validate a JSON table file; raises TableError (one line, naming the file) on any problem."""
+def read_table(path: str | os.PathLike[str], *, max_entries: int | None = None) -> list[Entry]:
+    """Read and validate a JSON table file; raises TableError (one line, naming the file) on any problem, and
+    TableTooLarge (one) when it holds more than ``max_entries`` entries (see :func:`parse_table`)."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -318,7 +323,9 @@ def read_table(path: str | os.PathLike[str]) -> list[Entry]:
     except (ValueError, RecursionError) as exc:
         raise TableError(f"{p} is not JSON: {exc}") from None
     try:
-        return parse_table(obj)
+        return parse_table(obj, max_entries=max_entries)
+    except TableTooLarge as exc:
+        raise TableTooLarge(f"{p}: {exc}", exc.entries, exc.limit, exc.hard) from None
     except TableError as exc:
         raise TableError(f"{p}: {exc}") from None
 

@@ -1,6 +1,10 @@
 """attention_kv compiled on CUDA: the interpreter's correctness cases, decode and chunked-prefill shapes at
 cache sizes (S 4096, 32K; B 3; L 1 and 7), poisoned outputs and workspaces, ahead-of-time compiles, typed
-resource errors, and a printed K/V bandwidth of a decode case (no speed assertion)."""
+resource errors, and a printed K/V bandwidth of a decode case (no speed assertion).
+
+Tiers (tests/_tiers.py): the fast tier keeps five of the small cases (every mask, L 1 and longer, D 16 to 128,
+both dtypes) and two of the large ones (a 32K decode, a chunked prefill); the rest and the bandwidth print run
+under `-m gpu` only."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from flashcore.kernels.attention_kv.launch import attention_kv, compile_key, pre
 from flashcore.kernels.attention_kv.reference import attention_kv_reference
 
 from test_attention_kv import CASES, MASKS, case_id, make_kv_inputs, sdpa_truth
+
+from _tiers import tiered
 
 pytestmark = pytest.mark.gpu
 
@@ -51,8 +57,14 @@ SMALL_CONFIGS = [cfg(16, 16, 1, False), cfg(16, 32, 3, True), cfg(32, 16, 8, Tru
                  cfg(64, 64, 2, True, warps=4, stages=3), cfg(128, 64, 1, False, warps=8, stages=2)]
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("shape, mask", SMALL, ids=[case_id(*s, m) for s, m in SMALL])
+SMALL_CASES = [(shape, mask, dtype) for shape, mask in SMALL for dtype in ("float16", "bfloat16")]
+
+
+@pytest.mark.parametrize("shape, mask, dtype", tiered(
+    SMALL_CASES, [f"{case_id(*s, m)}-{d}" for s, m, d in SMALL_CASES],
+    fast=["B2-H8kv2-L3-S77-D64-causal_tl-float16", "B1-H7kv1-L16-S200-D48-causal_lr-bfloat16",
+          "B1-H8kv2-L1-S200-D128-full-float16", "B1-H4kv2-L50-S130-D64-causal_lr-bfloat16",
+          "B2-H4kv2-L1-S1-D16-causal_lr-float16"], unpack=True))
 def test_small_cases_match_sdpa(shape, mask, dtype):
     for config in SMALL_CONFIGS:
         out, (q, k, v) = run_cuda(shape, mask, config, dtype)
@@ -75,8 +87,13 @@ LARGE_CONFIGS = [cfg(16, 64, 1, True), cfg(16, 128, 16, True), cfg(64, 64, 4, Fa
                  cfg(64, 128, 8, True, warps=8, stages=3), cfg(128, 64, 2, True, warps=8, stages=2)]
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("shape, mask", LARGE, ids=[case_id(*s, m) for s, m in LARGE])
+LARGE_CASES = [(shape, mask, dtype) for shape, mask in LARGE for dtype in ("float16", "bfloat16")]
+
+
+@pytest.mark.parametrize("shape, mask, dtype", tiered(
+    LARGE_CASES, [f"{case_id(*s, m)}-{d}" for s, m, d in LARGE_CASES],
+    fast=["B3-H32kv8-L1-S32768-D128-causal_lr-bfloat16", "B2-H8kv2-L300-S4096-D64-causal_tl-float16"],
+    unpack=True))
 def test_large_cases_match_reference(shape, mask, dtype):
     ref = None
     for config in LARGE_CONFIGS:
@@ -112,6 +129,7 @@ def test_oversized_config_is_a_typed_error():
         torch.cuda.synchronize()
 
 
+@pytest.mark.slow  # a benchmark print, no assertion
 def test_print_decode_kv_bandwidth():
     """Bytes of K and V read per decode step / time, for a few configs (printed; run with -s to see)."""
     import triton.testing

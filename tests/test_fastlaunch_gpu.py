@@ -19,6 +19,7 @@ from flashcore.kernels.attention_fwd.kernel import attn_fwd
 from flashcore.kernels.attention_fwd.launch import _kernel_args, attention_fwd
 
 from _shapes import shape_id
+from _tiers import tiered
 
 pytestmark = pytest.mark.gpu
 
@@ -64,7 +65,10 @@ def case_id(case):
     return f"{shape_id(*case[:5])}-{case[5]}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", tiered(  # fast: every layout, D 64 and 128, both masks, B 8
+    CASES, [case_id(c) for c in CASES],
+    fast=["B2-H3-S77-D64-causal-float16-offset", "B1-H5-S129-D128-full-float16-transposed",
+          "B2-H2-S256-D128-causal-float16-contiguous", "B8-H8-S128-D64-full-float16-contiguous"]))
 def test_bit_identical_to_the_normal_launcher_and_hits_on_the_second_call(case):
     b, h, s, d, causal, layout = case
     q, k, v = (laid_out(t, layout) for t in make_inputs(Point(b, h, s, d, causal), "cuda"))

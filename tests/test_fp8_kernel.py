@@ -19,6 +19,7 @@ from flashcore.kernels.attention_fp8.quant import FP8_DTYPE, Recipe, quantize
 from flashcore.kernels.reference import attention_reference
 
 from _shapes import shape_id
+from _tiers import tiered
 
 RECIPES = {
     "per-head": Recipe(),
@@ -140,9 +141,13 @@ def test_p_rounding_matches_torch_cast():
     torch.testing.assert_close(y.float(), x.to(FP8_DTYPE).float(), atol=0, rtol=0)
 
 
+GPU_CASES = [(causal, recipe) for recipe in ("per-head", "per-block-smooth", "qk16") for causal in (False, True)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("recipe", ["per-head", "per-block-smooth", "qk16"])
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("causal, recipe", tiered(  # fast: each recipe once, the masks alternating
+    GPU_CASES, [f"{'causal' if c else 'full'}-{r}" for c, r in GPU_CASES],
+    fast=["full-per-head", "causal-per-block-smooth", "full-qk16"], unpack=True))
 def test_gpu_kernel_passes_the_fp8_gate(causal, recipe):
     # Compiled: native E4M3 wgmma with V K-major, the hardware cast of P; H100 probe tiles.
     point = Point(2, 4, 1000, 128, causal)

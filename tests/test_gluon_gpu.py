@@ -4,6 +4,10 @@ planted large values and a NaN-poisoned output, for the default config and each 
 Every launch runs in a child process (``python benchmarks/gluon_smoke.py --child ...``) under a timeout,
 so a wrong barrier protocol fails the test as a hang instead of hanging the test run. Tolerances as the gate's:
 float16 atol 2e-3 rtol 1e-3, bfloat16 1.6e-2 each (every element, and no element NaN or never written).
+
+Tiers (tests/_tiers.py): each child process costs seconds before its first launch, so the fast tier runs the
+default config on four shapes (GQA, one token, D 256, the longest) and one variant in each of the strided and
+guard checks; every variant over every shape runs under `-m gpu` only.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gluon_smoke as smoke  # noqa: E402  (the GPU smoke script: its child mode runs one launch)
+from _tiers import tiered  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 TIMEOUT_PER_SHAPE = 30.0
@@ -78,24 +83,28 @@ def _check(config: dict, shapes, **options) -> None:
     assert not bad, f"{config}:\n  " + "\n  ".join(bad)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=[_id(s) for s in SHAPES])
+@pytest.mark.parametrize("shape", tiered(SHAPES, [_id(s) for s in SHAPES], fast=[
+    "B2-H32-KV8-S300-D128-causal-bfloat16", "B1-H3-S1-D64-causal-float16", "B1-H2-KV1-S333-D256-causal-bfloat16",
+    "B1-H1-S4113-D128-causal-float16"]))
 def test_default_config_matches_reference(shape):
     _check(smoke.config_of("default"), [shape])
 
 
+@pytest.mark.slow  # every variant over every shape: the fast tier checks one variant in the two tests below
 @pytest.mark.parametrize("variant", [v for v in smoke.VARIANTS if v != "default"])
 def test_variant_matches_reference(variant):
     _check(smoke.config_of(variant), SHAPES)
 
 
-@pytest.mark.parametrize("variant", ["default", "pingpong+overlap"])
+@pytest.mark.parametrize("variant", ["default", pytest.param("pingpong+overlap", marks=pytest.mark.slow)])
 def test_strided_inputs_and_output(variant):
     """q, k, v as (B, S, H, D) tensors viewed as (B, H, S, D) (TMA-ready strides: no copy), and an output view
     whose layout is not TMA-ready (written through a temporary)."""
     _check(smoke.config_of(variant), [SHAPES[0], SHAPES[3]], bshd=True)
 
 
-@pytest.mark.parametrize("variant", ["default", "persistent+pingpong+overlap", "one-consumer+overlap"])
+@pytest.mark.parametrize("variant", [pytest.param("default", marks=pytest.mark.slow), "persistent+pingpong+overlap",
+                                     pytest.param("one-consumer+overlap", marks=pytest.mark.slow)])
 def test_reads_and_writes_stay_within_s(variant):
     """Inputs and output are views over buffers with NaN rows after S in every head: a tile that read past S
     (instead of the descriptor's zero fill) gives NaNs, one that wrote past S changes the guard rows."""

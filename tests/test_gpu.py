@@ -1,5 +1,9 @@
 """On the GPU: the compiled kernel against fp32 over odd shapes and every config of the space at one point,
-a real sweep on the device's profile, and get_kernel serving its winner. Skipped without CUDA."""
+a real sweep on the device's profile, and get_kernel serving its winner. Skipped without CUDA.
+
+Tiers (tests/_tiers.py): the fast tier keeps a sample of each shape and variant list (both masks, D 64 and 128,
+both dtypes, every TMA layout and single-token variant once); the long shape, the whole-space check and the
+torch.compile opcheck run under `-m gpu` only (marked slow)."""
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from flashcore.search_spaces import load_space
 from flashcore.autotune.tuning.options import SweepOptions
 
 from _shapes import shape_id
+from _tiers import tiered
 
 pytestmark = pytest.mark.gpu
 
@@ -23,8 +28,12 @@ SHAPES = [(1, 3, 77, 64, False), (2, 5, 1000, 64, True), (1, 2, 333, 128, True),
           (1, 4, 2049, 128, False), (1, 2, 200, 80, True), (1, 1, 32768, 128, True)]
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("shape", SHAPES, ids=[shape_id(*s) for s in SHAPES])
+SHAPE_CASES = [(shape, dtype) for dtype in ("float16", "bfloat16") for shape in SHAPES]
+
+
+@pytest.mark.parametrize("shape, dtype", tiered(
+    SHAPE_CASES, [f"{shape_id(*s)}-{d}" for s, d in SHAPE_CASES],
+    fast=["B2-H5-S1000-D64-causal-float16-float16", "B1-H4-S2049-D128-full-float16-bfloat16"], unpack=True))
 def test_compiled_kernel_matches_fp32(shape, dtype):
     point = Point(*shape, dtype=dtype)
     profile = resolve_profile("auto")
@@ -52,9 +61,13 @@ GQA_SHAPES = [(3, 6, 2, 77, 64, True), (2, 32, 8, 1000, 128, True), (1, 7, 1, 33
               (2, 28, 4, 2049, 128, True)]
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("shape", GQA_SHAPES, ids=[f"B{b}-H{h}kv{kv}-S{s}-D{d}-{'causal' if c else 'full'}"
-                                                   for b, h, kv, s, d, c in GQA_SHAPES])
+GQA_CASES = [(shape, dtype) for dtype in ("float16", "bfloat16") for shape in GQA_SHAPES]
+
+
+@pytest.mark.parametrize("shape, dtype", tiered(
+    GQA_CASES, [f"B{b}-H{h}kv{kv}-S{s}-D{d}-{'causal' if c else 'full'}-{dtype}"
+                for (b, h, kv, s, d, c), dtype in GQA_CASES],
+    fast=["B2-H32kv8-S1000-D128-causal-bfloat16", "B1-H7kv1-S333-D128-full-float16"], unpack=True))
 def test_grouped_query_heads_compiled_match_fp32(shape, dtype):
     b, h, kv, s, d, causal = shape
     point = Point(b, h, s, d, causal, dtype, kv_heads=kv)
@@ -88,6 +101,7 @@ def _covering(candidates):
     return list(picked.values())
 
 
+@pytest.mark.slow  # tens of compiles per mask
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_every_valid_config_is_correct_or_fails_typed(causal):
     # The anchors saw a causal two-loop kernel silently wrong for BLOCK_N > BLOCK_M; ours must be right for all.
@@ -127,8 +141,14 @@ def _nan_padded(x, extra_rows, extra_cols):
     return buf[:, :, :s, :d]
 
 
-@pytest.mark.parametrize("variant", TMA_CONFIGS)
-@pytest.mark.parametrize("layout", ["nan-padded", "bshd-view", "misaligned-base", "d20-fallback"])
+LAYOUT_CASES = [(layout, variant) for variant in TMA_CONFIGS
+                for layout in ("nan-padded", "bshd-view", "misaligned-base", "d20-fallback")]
+
+
+@pytest.mark.parametrize("layout, variant", tiered(  # fast: each layout once, each variant once
+    LAYOUT_CASES, [f"{layout}-{variant}" for layout, variant in LAYOUT_CASES],
+    fast=["nan-padded-device-tma", "bshd-view-host-tma", "misaligned-base-device-tma-persistent-heads-first",
+          "d20-fallback-host-tma-persistent-ws"], unpack=True))
 def test_tma_layouts(layout, variant):
     # Descriptors are bounded per (batch, head): NaN rows past S and NaN columns past D are never read;
     # a (B, S, H, D) view is used in place; an unaligned base is copied; D=20 falls back to pointer loads.
@@ -163,8 +183,13 @@ SINGLE_TOKEN_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("name", SINGLE_TOKEN_CONFIGS)
+TOKEN_CASES = [(name, causal) for causal in (False, True) for name in SINGLE_TOKEN_CONFIGS]
+
+
+@pytest.mark.parametrize("name, causal", tiered(  # fast: every variant once, the masks alternating
+    TOKEN_CASES, [f"{name}-{'causal' if causal else 'full'}" for name, causal in TOKEN_CASES],
+    fast=["pointer-M128-w8-causal", "device-tma-M128-w8-full", "device-tma-persistent-heads-first-causal",
+          "host-tma-ws-full", "pointer-persistent-M64-s4-causal"], unpack=True))
 def test_single_token_every_variant(name, causal):
     # S=1 is specialised by Triton (an int argument equal to 1 becomes a constant): every variant must still
     # compile and be right, because get_kernel may serve any tuned config at a point of another length.
@@ -218,7 +243,7 @@ def test_sweep_one_point_and_serve_it(tmp_path):
     point = Point(4, 8, 512, 64, True)
     path = tmp_path / "gpu.db"
     with CacheStore.open(path) as store:
-        res = tune_point(point, store, SweepOptions(profile=profile, trials=8, seed=0, rep_ms=20))
+        res = tune_point(point, store, SweepOptions(profile=profile, trials=4, seed=0, rep_ms=20))
     assert res.best is not None and res.best.rel_err < 2e-3
     kernel = get_kernel((4, 8, 512, 64), causal=True, db=path)
     assert kernel.source == "exact" and kernel.config == res.best.config
@@ -226,6 +251,7 @@ def test_sweep_one_point_and_serve_it(tmp_path):
     assert check(kernel(q, k, v), attention_reference(q, k, v, causal=True), "float16").passed
 
 
+@pytest.mark.slow  # torch.compile and opcheck; the fast tier compiles the served op in tests/test_gpu_serving.py
 def test_drop_in_op_under_torch_compile_fullgraph_matches_eager():
     import flashcore.autotune
 

@@ -52,6 +52,7 @@ def test_precompiled_kernel_is_found_by_the_launch(tmp_path, monkeypatch):
     assert _kernels(cache_dir) == before, "the launch compiled again: the pool compiled another specialization"
 
 
+@pytest.mark.slow  # two sweeps of two points, one with a pool of four compile processes
 def test_sweep_compiling_ahead_matches_serial(tmp_path):
     profile = resolve_profile("auto")
     points = [Point(4, 8, 256, 64, False), Point(2, 5, 333, 128, True)]

@@ -263,17 +263,29 @@ def export(
         export_winners(db, format, output)
 
 
+# `autotune import` takes tables of at most IMPORT_MAX_ENTRIES entries unless --max-entries says more, up to the
+# table format's own bound (cache._tables.MAX_ENTRIES, repeated here: importing flashcore.cache costs `autotune
+# --help` 0.3 s): every process that serves from a cache reads all of it on its first get_kernel, and an import
+# of 100,000 winners took 15 s and 432 MB on the H200 host, the first get_kernel on that cache 2.5 s. A sweep of
+# every grid on one GPU is about 3,000 winners per toolchain.
+IMPORT_MAX_ENTRIES = 20_000
+TABLE_MAX_ENTRIES = 100_000
+
+
 @app.command(name="import")
 def import_(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A JSON table written by `autotune export`.")],
     db: DbOption = None,
     replace: Annotated[bool, typer.Option(help="Overwrite existing winners even when they are faster.")] = False,
+    max_entries: Annotated[int, typer.Option(min=1, max=TABLE_MAX_ENTRIES, metavar="N", help="Refuse a table of "
+                                             "more entries than this (a large cache slows the first get_kernel "
+                                             "of every process that serves from it).")] = IMPORT_MAX_ENTRIES,
 ) -> None:
     """Import a tuned table; every field is validated and nothing is written if any entry is wrong."""
     from .tables import import_winners
 
     with domain_errors():
-        import_winners(db, file, replace)
+        import_winners(db, file, replace, max_entries)
 
 
 @app.command()

@@ -81,12 +81,21 @@ def export_winners(db: Path | None, fmt: str, output: Path | None) -> None:
         make_console(stderr=True).print(f"wrote {len(entries)} entries to {output}")
 
 
-def import_winners(db: Path | None, file: Path, replace: bool) -> None:
-    from flashcore.cache import CacheStore, read_table
+def import_winners(db: Path | None, file: Path, replace: bool, max_entries: int | None = None) -> None:
+    """Validate the table at ``file`` (its fields, its size: at most ``max_entries`` entries, and each config as
+    get_kernel checks it), then write it into the cache in one transaction; a refusal writes nothing."""
+    from flashcore.cache import CacheStore, TableTooLarge, read_table
 
     from ..runtime.index import unusable_reason
 
-    entries = read_table(file)
+    try:
+        entries = read_table(file, max_entries=max_entries)
+    except TableTooLarge as exc:
+        how = (f"split it: {exc.limit} is the table format's limit" if exc.hard
+               else f"pass --max-entries {exc.entries} to import it anyway")
+        raise AutotuneError(f"{file} holds {exc.entries} entries, more than the {exc.limit} `autotune import` "
+                            f"takes (a large cache slows the first get_kernel of every process); {how}; "
+                            "nothing imported") from None
     for n, entry in enumerate(entries, 1):  # the check get_kernel applies before serving a row
         why = unusable_reason(entry)
         if why is not None:

@@ -7,7 +7,10 @@ of the fp16 bench):
 - ``fp8``: the FP8 kernel alone on inputs quantized beforehand with its recipe (what the sweep times);
 - ``fp8_e2e``: quantization (the Triton quantizer, kernels/attention_fp8/quant_launch.py) plus kernel from the
   16-bit inputs (what ``get_kernel`` serves);
-- ``tuned``: the tuned fp16 kernel served by ``get_kernel`` from the fp16 cache (``fp16_db``);
+- ``tuned``: the tuned fp16 ``attention_fwd`` (the kernel attention_fp8 is built on) as ``get_kernel`` serves it
+  from the fp16 cache (``fp16_db``) when asked for that family: where its fastest candidate is a backend or
+  another family (the H200 tables serve cuDNN or Gluon at many points), their configs are not attention_fwd's;
+  the backends have columns of their own;
 - ``flash``, ``cudnn``, ``efficient``: SDPA with one backend forced (refused on the CPU).
 
 Each has ``p_us``, ``p_p95_us``, ``p_tflops`` and ``p_rel_err`` (relative L2 error against the fp32 reference of
@@ -126,7 +129,8 @@ def bench_fp8_point(point: Point, *, profile: GpuProfile, db: str | Path | None 
     fp16 = dataclasses.replace(point, dtype="float16")
     shape = (point.batch, point.heads, point.seq_len, point.head_dim)
     served = get_kernel(shape, point.dtype, point.causal, gpu=gpu_name, db=db, kernel="attention_fp8")
-    tuned = get_kernel(shape, torch.float16, point.causal, gpu=gpu_name, db=fp16_db if fp16_db else db)
+    tuned = get_kernel(shape, torch.float16, point.causal, gpu=gpu_name, db=fp16_db if fp16_db else db,
+                       kernel="attention_fwd")  # launched with attention_fwd below: never a backend's {}
     row: Row = {**point.as_dict(), "label": point.label, "config": dict(served.config), "source": served.source,
                 "tuned_config": dict(tuned.config), "tuned_source": tuned.source, "recipe": None, "fp8_tol": tol,
                 "fp8_cosine": None, "fp8_rmse_over_rms_v": None, "fp8_emulated_rel_err": None,
