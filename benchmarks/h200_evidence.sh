@@ -6,7 +6,8 @@
 # Stages:
 #   smoke      the Gluon kernel's first contact (benchmarks/gluon_smoke.py --quick, every launch in a child
 #              process under a timeout), then the GQA and attention_kv GPU tests
-#   tests      the GPU test suite (pytest -m gpu) in $JOBS parallel processes, the Gluon variant tests apart
+#   tests      the GPU tests' fast tier (pytest -m "gpu and not slow"; GPU_MARK=gpu for all) in $JOBS parallel
+#              processes with the 30 slowest durations, the timing tests apart
 #   sweep:G[:DT]  `autotune sweep --grid G [--dtype DT]` with $TRIALS, $PATIENCE, $REP_MS, $BUDGET (seconds),
 #              $KERNEL (candidates), $RETUNE (non-empty: --retune, e.g. to re-time backends)
 #   bench:G[:DT]  `autotune bench --grid G` (own best kernel, served candidate, SDPA backends): JSON + PNG
@@ -41,8 +42,9 @@ for stage in "$@"; do
            { prov; timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -x -n "${JOBS:-6}" \
                tests/test_attention_kv_gpu.py "tests/test_gpu.py::test_grouped_query_heads_compiled_match_fp32"; } \
                2>&1 | tee "$out/gpu-tests-new.log" | tail -8 ;;
-    tests) { prov; timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -n "${JOBS:-6}" \
-               --ignore=tests/test_gluon_gpu.py --ignore=tests/test_gpu_timing.py ${GPU_K:+-k "$GPU_K"}
+    tests) { prov; timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m "${GPU_MARK:-gpu and not slow}" -q \
+               -p no:cacheprovider -n "${JOBS:-6}" --durations=30 \
+               --ignore=tests/test_gpu_timing.py ${GPU_K:+-k "$GPU_K"}
              timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_timing.py; } 2>&1 \
              | tee "$out/gpu-tests.log" | tail -12 ;;
     sweep) { prov; timeout "${SWEEP_TIMEOUT:-560}" python3 -m flashcore.autotune sweep --gpu h200 --grid "$grid" \
