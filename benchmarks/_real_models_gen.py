@@ -93,6 +93,54 @@ def summary(values: list[float]) -> dict:
     return {"median": round(statistics.median(ordered), 4), "p95": round(p95, 4), "n": len(ordered)}
 
 
+# The verdict on a case from its per-round ratios (tuned rate / reference rate, each round timing both back to
+# back): "slower" only where every round's ratio is below 1 (max < 1), "faster" where every one is above (min > 1),
+# "within noise" otherwise; "too few rounds" under MIN_ROUNDS (one round has no spread). Read as a sign test:
+# were the two equally fast, every one of n rounds would fall on the same side with probability 2^-n per side
+# (1/32 at the default 5 generate rounds, 1/1024 at 10 prefill iterations), so a one-sided verdict is signal.
+VERDICTS = ("faster", "slower", "within noise", "too few rounds")
+MIN_ROUNDS = 3
+VERDICT_RULE = ("per round, both implementations timed back to back (the order alternating, the tuned first in "
+                "round 0); ratio = tuned rate / reference rate of that round; speedup = the median ratio; verdict: "
+                "'slower' if the max ratio < 1, 'faster' if the min ratio > 1, else 'within noise'; "
+                f"'too few rounds' under {MIN_ROUNDS} rounds")
+
+
+def verdict(ratios, min_rounds: int = MIN_ROUNDS) -> str:
+    """The verdict of ``ratios`` (per-round tuned / reference rates): see VERDICTS and VERDICT_RULE."""
+    ratios = list(ratios)
+    if len(ratios) < min_rounds:
+        return "too few rounds"
+    if max(ratios) < 1.0:
+        return "slower"
+    if min(ratios) > 1.0:
+        return "faster"
+    return "within noise"
+
+
+def ratio_stats(ratios: list[float]) -> dict:
+    """Per-round ratios in the order measured, their median, min, max and quartiles, and the verdict."""
+    ordered = sorted(ratios)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {"median": round(statistics.median(ordered), 4), "min": round(ordered[0], 4),
+            "max": round(ordered[-1], 4), "q1": round(q1, 4), "q3": round(q3, 4), "rounds": len(ordered),
+            "per_round": [round(r, 4) for r in ratios], "verdict": verdict(ratios)}
+
+
+def paired_round(index: int, impls: tuple[str, str], time_one) -> tuple[float, float]:
+    """One round: ``time_one(impl)`` of both implementations back to back, the first one first in even rounds
+    and second in odd ones (so that neither always runs on the other's leftovers, clocks or caches); returns
+    the two times in the order of ``impls`` (which may name the same implementation twice: an A/A control)."""
+    order = (0, 1) if index % 2 == 0 else (1, 0)
+    times = [0.0, 0.0]
+    for slot in order:
+        times[slot] = time_one(impls[slot])
+    return times[0], times[1]
+
+
 def rel_l2(torch, out, ref) -> float:
     out, ref = out.float(), ref.float()
     return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
@@ -165,10 +213,18 @@ def served(stats: dict, counts: dict | None = None) -> dict:
 
 
 def prefill_case(torch, transformers, fct, ctx, model, batch: int, seq: int) -> dict:
-    """One forward of B x S tokens (no cache, no padding): tokens/s tuned vs reference (interleaved rounds,
-    ``logits_to_keep=1`` as generate's prefill), logits of every position compared, what served the calls."""
+    """One forward of B x S tokens (no cache, no padding): tokens/s tuned vs reference (``logits_to_keep=1`` as
+    generate's prefill), logits of every position compared, what served the calls. Timing: ``warmup`` untimed
+    then ``iters`` timed rounds, each round one forward of each back to back (order alternating, CUDA events);
+    ``speedup`` is the median of the per-round ratios (reference ms / tuned ms), ``ratio`` their spread and the
+    verdict (VERDICT_RULE); ``speedup_of_medians`` the former figure (median reference ms / median tuned ms)."""
     name, ref, device = ctx["name"], ctx["reference"], ctx["device"]
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
+
+    def forward_ms(impl):
+        fct.set_implementation(model, impl)
+        return run_ms(torch, device, lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1))
+
     with torch.no_grad():
         fct.set_implementation(model, ref)
         expected = model(input_ids=ids, use_cache=False).logits
@@ -180,18 +236,19 @@ def prefill_case(torch, transformers, fct, ctx, model, batch: int, seq: int) -> 
         rel, max_abs = rel_l2(torch, out, expected), float((out.float() - expected.float()).abs().max())
         del out, expected
         times: dict[str, list[float]] = {name: [], ref: []}
-        for round_ in range(ctx["warmup"] + ctx["iters"]):
-            for impl in (name, ref):
-                fct.set_implementation(model, impl)
-                ms = run_ms(torch, device, lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1))
-                if round_ >= ctx["warmup"]:
-                    times[impl].append(ms)
+        for round_ in range(-ctx["warmup"], ctx["iters"]):
+            tuned_ms, ref_ms = paired_round(round_, (name, ref), forward_ms)
+            if round_ >= 0:
+                times[name].append(tuned_ms)
+                times[ref].append(ref_ms)
     med = {impl: statistics.median(t) for impl, t in times.items()}
     rate = {impl: round(batch * seq / (m / 1e3), 1) for impl, m in med.items()}
+    ratio = ratio_stats([r / t for t, r in zip(times[name], times[ref])])
     tol = ctx["tolerance"]
     return {"tuned_ms": summary(times[name]), "reference_ms": summary(times[ref]),
             "tokens_per_s": {"tuned": rate[name], "reference": rate[ref]},
-            "speedup": round(med[ref] / med[name], 4), "served": what,
+            "speedup": ratio["median"], "ratio": ratio, "verdict": ratio["verdict"],
+            "speedup_of_medians": round(med[ref] / med[name], 4), "served": what,
             "logits": {"rel_l2": rel, "max_abs": max_abs, "tolerance_rel_l2": tol, "passed": rel <= tol}}
 
 
@@ -244,9 +301,13 @@ def generate_kwargs(transformers, ctx, mode: str, new: int, prompt) -> dict:
 
 def generate_case(torch, transformers, fct, ctx, model, batch: int, prompt_len: int, new: int, mode: str) -> dict:
     """Greedy generate() tokens/s, tuned vs reference: a warm-up run each (compiles, for a compiled static
-    cache), then ``gen_runs`` interleaved rounds; tokens/s = B x new tokens / median wall time of generate()
-    (its prefill included). What served the tuned calls comes from one more, uncompiled, run (a compiled
-    graph counts nothing)."""
+    cache), then ``gen_runs`` rounds, each timing one generate() of each back to back (order alternating);
+    tokens/s = B x new tokens / wall time of generate() (its prefill included). ``speedup`` is the median of the
+    per-round ratios (tuned rate / reference rate), ``ratio`` their spread and the verdict (VERDICT_RULE);
+    ``tokens_per_s`` (median time per implementation) and ``speedup_of_medians`` (their ratio, the former
+    figure) stay. ``ctx["control"]``: each round also times the reference against itself the same way (an A/A
+    pair right after the A/B pair), whose ratios show the run's own noise floor. What served the tuned calls
+    comes from one more, uncompiled, run (a compiled graph counts nothing)."""
     name, ref, device = ctx["name"], ctx["reference"], ctx["device"]
     prompt = torch.randint(3, model.config.vocab_size, (batch, prompt_len), device=device)
     kw = generate_kwargs(transformers, ctx, mode, new, prompt)
@@ -255,19 +316,39 @@ def generate_case(torch, transformers, fct, ctx, model, batch: int, prompt_len: 
         fct.set_implementation(model, impl)
         return model.generate(prompt, **{**kw, **extra})
 
+    def timed(impl):
+        return wall_s(torch, device, lambda: gen(impl))
+
+    pairs = {"main": (name, ref), **({"control": (ref, ref)} if ctx.get("control") else {})}
     with torch.no_grad():
         fct.reset_stats()
         with offered(transformers, fct, name) as counts:
             gen(name, disable_compile=True)
         what = served(fct.stats(), counts)
-        warm = {impl: round(wall_s(torch, device, lambda impl=impl: gen(impl)), 3) for impl in (name, ref)}
-        runs: dict[str, list[float]] = {name: [], ref: []}
-        for _ in range(ctx["gen_runs"]):
-            for impl in (name, ref):
-                runs[impl].append(wall_s(torch, device, lambda impl=impl: gen(impl)))
-    rate = {impl: round(batch * new / statistics.median(r), 2) for impl, r in runs.items()}
-    return {"mode": mode, "compiled": mode == "static" and ctx["compile"],
-            "tokens_per_s": {"tuned": rate[name], "reference": rate[ref]},
-            "speedup": round(rate[name] / rate[ref], 4),
-            "seconds": {"tuned": summary(runs[name]), "reference": summary(runs[ref])},
-            "warmup_s": {"tuned": warm[name], "reference": warm[ref]}, "served": what}
+        warm = {impl: round(timed(impl), 3) for impl in (name, ref)}
+        runs: dict[str, tuple[list[float], list[float]]] = {key: ([], []) for key in pairs}
+        for round_ in range(ctx["gen_runs"]):
+            for key, impls in pairs.items():
+                a, b = paired_round(round_, impls, timed)
+                runs[key][0].append(a)
+                runs[key][1].append(b)
+
+    def measured(a_runs, b_runs):
+        rate = [round(batch * new / statistics.median(r), 2) for r in (a_runs, b_runs)]
+        ratio = ratio_stats([tb / ta for ta, tb in zip(a_runs, b_runs)])  # rate a / rate b, same tokens
+        return rate, ratio
+
+    rate, ratio = measured(*runs["main"])
+    row = {"mode": mode, "compiled": mode == "static" and ctx["compile"],
+           "tokens_per_s": {"tuned": rate[0], "reference": rate[1]},
+           "speedup": ratio["median"], "ratio": ratio, "verdict": ratio["verdict"],
+           "speedup_of_medians": round(rate[0] / rate[1], 4),
+           "seconds": {"tuned": summary(runs["main"][0]), "reference": summary(runs["main"][1])},
+           "warmup_s": {"tuned": warm[name], "reference": warm[ref]}, "served": what}
+    if "control" in runs:
+        rate, ratio = measured(*runs["control"])
+        row["control"] = {"implementation": ref, "what": f"{ref} against itself, timed as the A/B pair",
+                          "tokens_per_s": {"a": rate[0], "b": rate[1]}, "speedup": ratio["median"],
+                          "ratio": ratio, "verdict": ratio["verdict"],
+                          "seconds": {"a": summary(runs["control"][0]), "b": summary(runs["control"][1])}}
+    return row

@@ -3,7 +3,7 @@
     python benchmarks/real_models.py --out results/real_models.json [--db CACHE] [--layers 4]
         [--models llama3-8b,qwen2.5-7b,gemma2-9b,gpt2] [--dtypes bf16,fp16] [--shapes 1x512,4x2048,1x8192]
         [--gen-shapes 1x2048+64,16x1024+32] [--kinds prefill,teacher_forcing,generate] [--modes dynamic,static]
-        [--no-compile] [--budget-s S] [--tiny] [--device cuda|cpu]
+        [--gen-runs 5] [--control] [--no-compile] [--budget-s S] [--tiny] [--device cuda|cpu]
 
 Models (benchmarks/_real_models_gen.py): "llama3-8b", "qwen2.5-7b", "gemma2-9b", "gpt2" (GPT-2 medium
 widths), with the released configs' attention features (Qwen2.5 without sliding window; Gemma-2 with its
@@ -13,14 +13,24 @@ calls all fall back to the model's eager attention, each counted with its reason
 
 Per model and dtype (each a case, run in this order, JSON rewritten after each, a failure recorded with its
 reason and the run going on; ``--budget-s``: cases that would start later are recorded as skipped):
-- "prefill" per ``--shapes`` B x S: tokens/s (B·S / median forward, CUDA events, tuned and reference
-  interleaved), logits of every position compared (relative L2 against the dtype's tolerance), what served;
+- "prefill" per ``--shapes`` B x S: tokens/s (B·S / median forward, CUDA events; ``--iters`` rounds, each one
+  forward of each implementation back to back), logits of every position compared (relative L2 against the
+  dtype's tolerance), what served;
 - "teacher_forcing" per ``--gen-shapes`` B x P+N: a prefill and N-1 one-token steps, both implementations fed
   the reference's greedy tokens: relative L2 of the logits per step, the worst against the dtype's tolerance
   (``flashcore.autotune.TOLERANCES[dtype].rel_l2``), and what served each phase;
 - "generate" per gen shape, "dynamic" (default cache, eager) and "static" (``cache_implementation="static"``,
   which transformers compiles itself on a GPU with mode="reduce-overhead"; eager with ``--no-compile``): greedy
-  tokens/s, median of ``--gen-runs`` after a warm-up (where compilation happens), what served (uncompiled run).
+  tokens/s over ``--gen-runs`` rounds (default 5) after a warm-up (where compilation happens), each round one
+  generate() of each implementation back to back; what served (uncompiled run). ``--control``: each round also
+  times the reference against itself (an A/A pair: sdpa against sdpa, eager against eager for Gemma-2), so that
+  the run shows its own noise floor (doubles the generate time).
+Speed, prefill and generate alike: the order within a round alternates (the tuned first in round 0); the ratio of
+a round is the tuned rate / the reference rate; ``speedup`` is the MEDIAN OF THE PER-ROUND RATIOS (before this,
+the ratio of the two medians, still written as ``speedup_of_medians``); ``ratio`` holds the per-round ratios,
+their min, max, quartiles and count; ``verdict``: "slower" only if every round's ratio is below 1 (max < 1),
+"faster" if every one is above 1 (min > 1), else "within noise" ("too few rounds" under 3 rounds). The JSON's
+``verdicts`` counts them per kind (and the A/A controls', with their widest spread).
 "What served" is the integration's stats (by candidate, lookup source, fallback reason, phase) and the share of
 the calls offered without a mask (those sdpa would run with ``is_causal``) that were served.
 """
@@ -41,7 +51,9 @@ import _real_models_gen as gen  # noqa: E402
 NOTE = ("Only --layers decoder layers were built: per layer, attention's share is the full model's; of the whole "
         "forward it is smaller (the embedding and LM head weigh more next to few layers). generate() tokens/s count "
         "its prefill. Calls inside a compiled graph are not counted by the integration's stats: 'served' of a "
-        "compiled case comes from an uncompiled run of the same generate().")
+        "compiled case comes from an uncompiled run of the same generate(). speedup = the median of the per-round "
+        "ratios (tuned rate / reference rate, both timed back to back each round, the order alternating); verdict: "
+        "'slower' only if every round's ratio < 1, 'faster' if every one > 1, else 'within noise'.")
 TINY_SHAPES, TINY_GEN = "1x16,2x24", "1x12+4,2x10+3"
 
 
@@ -66,7 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-shapes", help="comma list of BxP+N generate shapes (default 1x2048+64,16x1024+32)")
     p.add_argument("--iters", type=int, default=10, help="timed forwards per implementation")
     p.add_argument("--warmup", type=int, default=3, help="untimed forwards per implementation first")
-    p.add_argument("--gen-runs", type=int, default=3, help="timed generate() runs per implementation")
+    p.add_argument("--gen-runs", type=int, default=5, help="timed generate() rounds, each one run per implementation"
+                   " back to back (default 5)")
+    p.add_argument("--control", action="store_true", help="also time the reference against itself in each generate"
+                   " round (A/A: the run's noise floor; doubles the generate time)")
     p.add_argument("--tf-steps", type=int, default=32, help="teacher-forced steps at most (default 32)")
     p.add_argument("--no-compile", action="store_true", help="static-cache generate() without torch.compile")
     p.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)  # the old opt-in: now the default
@@ -94,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for d in args.dtypes:
         if d not in gen.DTYPES:
             p.error(f"unknown dtype {d!r}; known: bf16, fp16")
+    if args.iters < 1 or args.gen_runs < 1 or args.warmup < 0:
+        p.error("--iters and --gen-runs take 1 or more, --warmup 0 or more")
     if args.device == "cpu" and not args.tiny:
         p.error("--device cpu needs --tiny (the real widths are for a GPU)")
     return args
@@ -158,9 +175,39 @@ def _fmt(x, spec=".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def verdicts(result: dict) -> dict:
+    """Per kind (prefill, generate), how many measured cases got each verdict and which were slower or faster;
+    "control": the same over the generate cases' A/A controls, with the widest spread of their ratios (the
+    run's noise floor) and the controls whose verdict was not "within noise" (noise the rule did not absorb)."""
+    out = {}
+    for section in ("prefill", "generate"):
+        rows = [r for r in result[section] if r["status"] == "ok" and "verdict" in r]
+        out[section] = {**{v: sum(r["verdict"] == v for r in rows) for v in gen.VERDICTS}, "measured": len(rows),
+                        "slower_cases": [label(r) for r in rows if r["verdict"] == "slower"],
+                        "faster_cases": [label(r) for r in rows if r["verdict"] == "faster"]}
+    controls = [r for r in result["generate"] if r["status"] == "ok" and "control" in r]
+    out["control"] = {**{v: sum(r["control"]["verdict"] == v for r in controls) for v in gen.VERDICTS},
+                      "measured": len(controls),
+                      "min_ratio": min((r["control"]["ratio"]["min"] for r in controls), default=None),
+                      "max_ratio": max((r["control"]["ratio"]["max"] for r in controls), default=None),
+                      "not_within_noise": [label(r) for r in controls if r["control"]["verdict"] != "within noise"]}
+    return out
+
+
+def _spread(ratio: dict | None) -> str:
+    return "-" if not ratio else f"{ratio['min']:.3f}-{ratio['max']:.3f}"
+
+
+def _verdict_text(row: dict) -> str:
+    return {"within noise": "noise", "too few rounds": "few"}.get(row.get("verdict"), row.get("verdict") or "-")
+
+
 def table(result: dict) -> str:
-    head = (f"{'case':<44} {'tuned tok/s':>12} {'ref tok/s':>12} {'speedup':>7} {'served':>11} {'unmasked':>11} "
-            f"{'rel_l2':>9} {'ok':>3}")
+    """The text table: per case the rates, speedup (the median per-round ratio), the min-max of the per-round
+    ratios with their count, the verdict ("noise": within noise; "few": too few rounds), what served, and for
+    prefill and teacher forcing the logits' relative L2; an A/A control's line under its generate case."""
+    head = (f"{'case':<44} {'tuned tok/s':>12} {'ref tok/s':>12} {'speedup':>7} {'ratio min-max':>13} {'n':>3} "
+            f"{'verdict':>7} {'served':>11} {'unmasked':>11} {'rel_l2':>9} {'ok':>3}")
     lines = [head, "-" * len(head)]
     for row in (r for section in ("prefill", "teacher_forcing", "generate") for r in result[section]):
         name = label(row)[:44]
@@ -171,14 +218,29 @@ def table(result: dict) -> str:
         served = f"{s['served']}/{s['calls']}"
         unmasked = f"{s['unmasked']['served']}/{s['unmasked']['calls']}" if "unmasked" in s else "-"
         if row["kind"] == "teacher_forcing":
-            lines.append(f"{name:<44} {'':>12} {'':>12} {'':>7} {served:>11} {unmasked:>11} "
+            lines.append(f"{name:<44} {'':>12} {'':>12} {'':>7} {'':>13} {'':>3} {'':>7} {served:>11} {unmasked:>11} "
                          f"{row['max_rel_l2']:>9.2e} {'yes' if row['passed'] else 'NO':>3}")
             continue
-        t = row["tokens_per_s"]
+        t, ratio = row["tokens_per_s"], row.get("ratio")
         rel = row["logits"]["rel_l2"] if "logits" in row else None
         ok = "" if "logits" not in row else ("yes" if row["logits"]["passed"] else "NO")
-        lines.append(f"{name:<44} {t['tuned']:>12.1f} {t['reference']:>12.1f} {row['speedup']:>7.3f} {served:>11} "
-                     f"{unmasked:>11} {_fmt(rel, '.2e'):>9} {ok:>3}")
+        lines.append(f"{name:<44} {t['tuned']:>12.1f} {t['reference']:>12.1f} {row['speedup']:>7.3f} "
+                     f"{_spread(ratio):>13} {_fmt(ratio and ratio['rounds'], 'd'):>3} {_verdict_text(row):>7} "
+                     f"{served:>11} {unmasked:>11} {_fmt(rel, '.2e'):>9} {ok:>3}")
+        if "control" in row:
+            c = row["control"]
+            what = f"  A/A control: {c['implementation']} vs itself"
+            lines.append(f"{what:<44} {c['tokens_per_s']['a']:>12.1f} {c['tokens_per_s']['b']:>12.1f} "
+                         f"{c['speedup']:>7.3f} {_spread(c['ratio']):>13} {c['ratio']['rounds']:>3} "
+                         f"{_verdict_text(c):>7}")
+    v = result.get("verdicts")
+    if v:
+        for kind in ("prefill", "generate", "control"):
+            if v[kind]["measured"]:
+                counts = ", ".join(f"{v[kind][k]} {k}" for k in gen.VERDICTS if v[kind][k])
+                extra = (f"; A/A ratios {v[kind]['min_ratio']:.3f}-{v[kind]['max_ratio']:.3f}" if kind == "control"
+                         else "")
+                lines.append(f"{kind}: {counts}{extra}")
     return "\n".join(lines)
 
 
@@ -214,12 +276,14 @@ def main(argv=None) -> int:
               "models": {m: {"description": gen.DESCRIPTION[m], "reference": gen.reference(m), "layers": args.layers,
                              "tiny": args.tiny} for m in args.models},
               "tolerance_rel_l2": {d: TOLERANCES[gen.DTYPES[d]].rel_l2 for d in args.dtypes},
-              "prefill": [], "teacher_forcing": [], "generate": [], "skipped": [], "failures": []}
+              "verdict_rule": gen.VERDICT_RULE, "prefill": [], "teacher_forcing": [], "generate": [],
+              "verdicts": {}, "skipped": [], "failures": []}
     print(f"{name!r} against transformers' own on {where[0]}; transformers {transformers.__version__}, torch "
           f"{torch.__version__}; cache {db} ({'exists' if db.exists() else 'absent: shipped tables or defaults'})",
           flush=True)
 
     def write() -> None:
+        result["verdicts"] = verdicts(result)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -242,7 +306,8 @@ def main(argv=None) -> int:
                     built["error"] = "build: " + error_text(exc)
                 print(f"{case['model']} {case['dtype']}: built in {time.perf_counter() - t0:.1f} s", flush=True)
             ctx = {"name": name, "reference": gen.reference(case["model"]), "device": device, "iters": args.iters,
-                   "warmup": args.warmup, "gen_runs": args.gen_runs, "tf_steps": args.tf_steps,
+                   "warmup": args.warmup, "gen_runs": args.gen_runs, "control": args.control,
+                   "tf_steps": args.tf_steps,
                    "compile": not args.no_compile, "tolerance": TOLERANCES[gen.DTYPES[case["dtype"]]].rel_l2}
             row = {**case, "layers": args.layers, "reference": ctx["reference"]}
             t0 = time.perf_counter()
