@@ -102,7 +102,7 @@ def import_winners(db: Path | None, file: Path, replace: bool, max_entries: int 
             raise AutotuneError(f"{file}: entry {n} ({entry.key.kernel} at B{entry.key.batch} H{entry.key.heads} "
                                 f"S{entry.key.seq_len} D{entry.key.head_dim}) cannot run: {why}; nothing imported")
     with CacheStore.open(resolve_db(db), make_parents=db is None) as store:
-        written = store.import_entries(entries, replace=replace)
+        written = store.import_entries(entries, replace=replace, validated=True)  # read_table checked them
     make_console(stderr=True).print(f"imported {written} of {len(entries)} entries from {file}"
                                + ("" if replace else " (existing faster winners kept)"))
 

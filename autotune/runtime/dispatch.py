@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -239,10 +240,10 @@ def _lookup(point: Point, gpu: str | None, db, kernel: str | None) -> TunedKerne
     entry = _nearest(point, names, indexes, allowed, bounded=kernel is None)
     if entry is not None:
         alt = None
-        if kernel is None:
-            alt = _best_backend([e for _, index in indexes for name in names
-                                 for e in index.groups.get(group_key(name, point), ())
-                                 if _same_point(e, entry) and _can_serve(e, point, allowed)])
+        if kernel is None:  # the rows at the entry's point: its exact bucket (of the group, in the group's order)
+            there = exact_key(entry.key.gpu, entry.key)
+            alt = _best_backend([e for _, index in indexes for e in index.exact.get(there, ())
+                                 if _can_serve(e, point, allowed)])
         found = TunedKernel(dict(entry.config), "nearest", entry, point.causal, entry.key.kernel, point.lower_right,
                             alt)
     elif SDPA in allowed and names and names[0] != CPU_GPU_NAME:
@@ -264,18 +265,27 @@ def _nearest(point: Point, names: list[str], indexes, allowed: set[str], bounded
     shape itself), but our own config only where it is known to stay ahead: within ``OWN_REACH`` of the tuned
     point, at the same query-heads-per-kv-head group, and where it beat the best backend measured there by
     ``OWN_MARGIN`` or more. Otherwise the best backend measured there, else None (SDPA's own choice)."""
-    near = [(rank, e) for rank, (_, index) in enumerate(indexes) for name in names
-            for e in index.groups.get(group_key(name, point), ()) if _can_serve(e, point, allowed)]
-    if not near:
+    # The entries of the group in lookup order (dtype mismatch, distance, then the index's rank; a stable sort
+    # keeps the indexes' own order among equals), checked with ``_can_serve`` (index.usable: the family's rules)
+    # only until the answer is decided: the first servable entry fixes the nearest point, and the servable
+    # entries at it are those of the same order that follow it. A large cache's far rows are never judged (nor
+    # named in usable's warning); judging every row was half of the first get_kernel on a 20,000-row group.
+    ordered = sorted([((e.key.dtype != point.dtype, distance(e.key, point), rank), e)
+                      for rank, (_, index) in enumerate(indexes) for name in names
+                      for e in index.groups.get(group_key(name, point), ())], key=itemgetter(0))
+    first = where = None
+    at: list[Entry] = []
+    for order, e in ordered:
+        if where is None:
+            if _can_serve(e, point, allowed):
+                first, where = e, order
+                at.append(e)
+        elif order != where:
+            break
+        elif _same_point(e, first) and _can_serve(e, point, allowed):
+            at.append(e)
+    if first is None:
         return None
-
-    def order(item):
-        rank, e = item
-        return (e.key.dtype != point.dtype, distance(e.key, point), rank)
-
-    first = min(near, key=order)
-    where = order(first)
-    at = [e for rank, e in near if order((rank, e)) == where and _same_point(e, first[1])]
     if not bounded:
         return min(at, key=lambda e: e.median_us)
     best = _ahead(at)

@@ -42,14 +42,18 @@ _USABLE: dict[int, tuple[Entry, bool]] = {}  # id(entry) -> (the entry, kept ali
 
 
 def exact_key(gpu: str, p: Point) -> tuple:
+    """Where the entries measured at ``p`` (a Point, or a CacheKey: normalised alike) are found."""
     return (gpu, p.dtype, p.causal, p.lower_right, p.head_dim, p.seq_len, p.kv_len, p.batch, p.heads, p.kv_heads)
 
 
 def group_key(gpu: str, p: Point) -> tuple:
     """What a "nearest" entry must share with the point: GPU, dtype, mask, head dim, and the regime (q and k of
     one length, or a KV cache): a decode step never borrows a prefill point's choice, nor the reverse. The two
-    16-bit dtypes share a group (the same instructions at the same rates; the lookup prefers the point's own)."""
-    return (gpu, p.dtype if p.dtype not in HALF else "half", p.mask, p.head_dim, p.seq_len == p.kv_len)
+    16-bit dtypes share a group (the same instructions at the same rates; the lookup prefers the point's own).
+
+    ``p`` is a Point or a CacheKey (both normalised alike, ``normalize_problem``); the mask is ``Point.mask``."""
+    mask = "causal_lr" if p.lower_right else "causal" if p.causal else "full"
+    return (gpu, p.dtype if p.dtype not in HALF else "half", mask, p.head_dim, p.seq_len == p.kv_len)
 
 
 def clear() -> None:
@@ -125,45 +129,72 @@ def shipped_tables() -> list[tuple[str, str]]:
 def fill(index: Index, entries) -> Index:
     """Add the entries this process may serve to ``index``; an entry whose key describes no problem (a size
     that is not a positive int, query heads not a multiple of the key/value heads, an unknown dtype) is skipped
-    with one RuntimeWarning naming it."""
+    with one RuntimeWarning naming it.
+
+    A large cache is read here on the first get_kernel of a process, so the work per entry is kept small: the key
+    is checked without building a Point (a CacheKey is normalised as a Point is, so its fields are the point's),
+    and ``servable`` is judged once per kernel, toolchain and head grouping."""
     known = {f.name: f for f in families()}
+    may_serve: dict[tuple, bool] = {}
+    dtypes: dict[str, bool] = {}
     for e in entries:
         k = e.key
-        point = _point(e)
-        if point is None:
+        if not _describes_a_problem(e, dtypes):
             continue
         family = known.get(k.kernel)
-        if family is None or not servable(k, family):
+        if family is None:
             continue
-        index.exact.setdefault(exact_key(k.gpu, point), []).append(e)
-        index.groups.setdefault(group_key(k.gpu, point), []).append(e)
+        toolchain = (k.kernel, k.triton_version, k.kernel_hash, k.kv_heads != k.heads)
+        ok = may_serve.get(toolchain)
+        if ok is None:
+            ok = may_serve[toolchain] = servable(k, family)
+        if not ok:
+            continue
+        index.exact.setdefault(exact_key(k.gpu, k), []).append(e)
+        index.groups.setdefault(group_key(k.gpu, k), []).append(e)
     return index
+
+
+def _key_problem(k: Any, dtypes: dict[str, bool] | None = None) -> None:
+    """Raise TypeError / ValueError / AttributeError when the key ``k`` describes no problem; ``dtypes`` memoises
+    the dtype check (``base_dtype``) per dtype text."""
+    if not (isinstance(k.gpu, str) and isinstance(k.compute_capability, str) and isinstance(k.triton_version, str)
+            and isinstance(k.kernel, str) and isinstance(k.kernel_hash, str) and isinstance(k.dtype, str)):
+        raise TypeError("a text field of the key is not text")
+    sizes = (k.batch, k.heads, k.seq_len, k.head_dim, k.kv_heads, k.kv_len)
+    if not (type(sizes[0]) is int and type(sizes[1]) is int and type(sizes[2]) is int and type(sizes[3]) is int
+            and type(sizes[4]) is int and type(sizes[5]) is int and min(sizes) >= 1):
+        raise ValueError(f"sizes must be positive ints; got {sizes}")
+    if type(k.causal) is not bool or type(k.lower_right) is not bool:
+        raise TypeError("causal and lower_right must be booleans")
+    if k.heads % k.kv_heads:
+        raise ValueError(f"{k.heads} query heads are not a multiple of {k.kv_heads} key/value heads")
+    if dtypes is None or k.dtype not in dtypes:
+        base_dtype(k.dtype)  # ValueError for an unknown dtype
+        if dtypes is not None:
+            dtypes[k.dtype] = True
+
+
+def _describes_a_problem(entry: Entry, dtypes: dict[str, bool] | None = None, warn: bool = True) -> bool:
+    """Whether ``entry``'s key describes a problem; when not, one RuntimeWarning (unless ``warn`` is False)."""
+    k = entry.key
+    try:
+        _key_problem(k, dtypes)
+    except (TypeError, ValueError, AttributeError) as exc:
+        if warn:
+            warnings.warn(f"FlashCore: skipping the cached {_short(getattr(k, 'kernel', '?'))} entry of key "
+                          f"{_key_id(entry)}: {exc}", RuntimeWarning, stacklevel=3)  # fill's caller
+        return False
+    return True
 
 
 def _point(entry: Entry, warn: bool = True) -> Point | None:
     """The problem ``entry`` was tuned at, or None (with one warning, unless ``warn`` is False) when its key
     describes none."""
-    k = entry.key
-    try:
-        texts = (k.gpu, k.compute_capability, k.triton_version, k.kernel, k.kernel_hash, k.dtype)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError("a text field of the key is not text")
-        sizes = (k.batch, k.heads, k.seq_len, k.head_dim, k.kv_heads, k.kv_len)
-        if not all(type(n) is int and n >= 1 for n in sizes):
-            raise ValueError(f"sizes must be positive ints; got {sizes}")
-        if type(k.causal) is not bool or type(k.lower_right) is not bool:
-            raise TypeError("causal and lower_right must be booleans")
-        if k.heads % k.kv_heads:
-            raise ValueError(f"{k.heads} query heads are not a multiple of {k.kv_heads} key/value heads")
-        base_dtype(k.dtype)  # ValueError for an unknown dtype
-        return Point(k.batch, k.heads, k.seq_len, k.head_dim, k.causal, k.dtype, k.kv_heads, k.kv_len,
-                     k.lower_right)
-    except (TypeError, ValueError, AttributeError) as exc:
-        if not warn:
-            return None
-        warnings.warn(f"FlashCore: skipping the cached {_short(getattr(k, 'kernel', '?'))} entry of key "
-                      f"{_key_id(entry)}: {exc}", RuntimeWarning, stacklevel=3)
+    if not _describes_a_problem(entry, warn=warn):
         return None
+    k = entry.key
+    return Point(k.batch, k.heads, k.seq_len, k.head_dim, k.causal, k.dtype, k.kv_heads, k.kv_len, k.lower_right)
 
 
 def usable(entry: Entry) -> bool:
