@@ -148,6 +148,14 @@ class BackendServer:
         self._choice = None if flag is None else _SDP_CHOICE.get(flag)
         self._own_choice: dict[tuple, bool] = {}
 
+    def picked_by_sdpa(self, q, k, v, sm_scale=None) -> bool:
+        """Whether SDPA, called without a mask and with the switches as they are now, picks this server's backend
+        for these tensors itself (``torch._fused_sdp_choice``): then the plain call is the same launch."""
+        if self._choice is None:
+            return False
+        return int(_fused_choice(q, k, v, None, 0.0, self.causal, scale=sm_scale,
+                                 enable_gqa=k.shape[1] != q.shape[1])) == self._choice
+
     @property
     def passthrough(self) -> bool:
         """Whether this server is SDPA's own choice (no switch touched): a call can go to SDPA as it was made."""
@@ -170,8 +178,7 @@ class BackendServer:
             key = (q.shape, q.stride(), k.shape[1], k.stride(-1), v.stride(-1), q.dtype, causal, *before)
             mine = self._own_choice.get(key)
             if mine is None:
-                mine = self._own_choice[key] = int(_fused_choice(q, k, v, None, 0.0, causal, scale=sm_scale,
-                                                                 enable_gqa=gqa)) == self._choice
+                mine = self._own_choice[key] = self.picked_by_sdpa(q, k, v, sm_scale)
             if mine:
                 return self._sdpa(q, k, v, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
         put = self._put
@@ -196,9 +203,7 @@ def as_sdpa_choice(run, q, k, v):
         return run
     if run.lower_right and q.shape[2] != k.shape[2]:  # a CausalBias call: SDPA's pick is not asked for
         return run
-    choice = _SDP_CHOICE[_FLAGS[run.flags.index(True)]]
-    picked = int(_fused_choice(q, k, v, None, 0.0, run.causal, enable_gqa=k.shape[1] != q.shape[1]))
-    return BackendServer(None, run.causal, run.lower_right) if picked == choice else run
+    return BackendServer(None, run.causal, run.lower_right) if run.picked_by_sdpa(q, k, v) else run
 
 
 _SDP_CHOICE = {"math": 0, "flash": 1, "mem_efficient": 2, "cudnn": 3}  # torch.nn.attention.SDPBackend values

@@ -161,7 +161,7 @@ def runner_for(q: torch.Tensor, k: torch.Tensor, causal: bool, lower_right: bool
     op's hot path, for calls it checked already. One dictionary lookup per call (kv lengths other than L by
     power of two, as get_kernel; q's strides too, on which SDPA's own backend choice depends).
 
-    A backend that SDPA would pick itself for this call (``backends.sdpa_picks``) is served as SDPA's own choice
+    A backend that SDPA would pick itself for this call (``backends.as_sdpa_choice``) is served as SDPA's own choice
     (no backend switch read or set). Also records the call class in ``PLANS`` for the op's hot path."""
     s, lq = k.shape[2], q.shape[2]
     key = (q.shape, q.stride(), k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, causal,
