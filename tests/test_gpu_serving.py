@@ -139,7 +139,8 @@ def test_decode_over_a_growing_cache_is_the_launcher_bit_for_bit(served_db):
 
 
 def test_the_hot_path_plans_sdpa_exactly_where_sdpa_picks_the_served_backend(served_db):
-    from flashcore.autotune.runtime.dispatch import PLANS, TO_SDPA
+    from flashcore.autotune.runtime.dispatch import PLANS, TO_SDPA, plan_key
+    from flashcore.kernels.backends import Pinned
 
     picks = {"sdpa_cudnn": 3, "sdpa_flash": 1}
     for name, point, kernel in CASES:
@@ -147,16 +148,14 @@ def test_the_hot_path_plans_sdpa_exactly_where_sdpa_picks_the_served_backend(ser
             continue
         q, k, v = inputs(point)
         out = call(point, q, k, v, strict=False)
-        s, lq = k.shape[2], q.shape[2]
-        key = (q.shape, q.stride(), k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype,
-               point.causal)
-        plan = PLANS[key]
+        plan = PLANS[plan_key(q, k, point.causal)]
         if kernel is None:
             assert plan is TO_SDPA, name
         elif kernel in picks:
             choice = int(torch._fused_sdp_choice(q, k, v, None, 0.0, point.causal,
                                                  enable_gqa=point.kv_heads != point.heads))
             assert (plan is TO_SDPA) == (choice == picks[kernel]), (name, choice)
+            assert plan is TO_SDPA or type(plan) is Pinned, name
             launch = get_kernel(q.shape, q.dtype, point.causal, kv_heads=point.kv_heads).config
             assert launch == {}
             from flashcore.kernels.backends import call_with_only
@@ -165,6 +164,8 @@ def test_the_hot_path_plans_sdpa_exactly_where_sdpa_picks_the_served_backend(ser
                                   lambda: F.scaled_dot_product_attention(q, k, v, is_causal=point.causal,
                                                                          enable_gqa=point.kv_heads != point.heads))
             assert torch.equal(out, only), name  # the served backend's own result, whichever way it was called
+            again = call(point, q, k, v, strict=False)  # through the plan (TO_SDPA or Pinned)
+            assert torch.equal(again, only), name
         else:
             assert plan is not TO_SDPA and callable(plan), name
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from flashcore.autotune import UnsupportedAttention, attention, clear_cache
 from flashcore.autotune.runtime import op
-from flashcore.autotune.runtime.dispatch import PLANS, TO_SDPA, runner_for
+from flashcore.autotune.runtime.dispatch import PLANS, TO_SDPA, plan_key, runner_for
+from flashcore.kernels.backends import BackendServer, Pinned
 
 
 def _qkv(dtype=torch.float16, b=3, hq=6, hkv=3, lq=17, s=17, d=16, seed=0):
@@ -21,8 +22,11 @@ def _qkv(dtype=torch.float16, b=3, hq=6, hkv=3, lq=17, s=17, d=16, seed=0):
 
 
 def _key(q, k, causal):
+    """The class as the hot path builds it inline (checked against plan_key, which runner_for records)."""
     s, lq = k.shape[2], q.shape[2]
-    return (q.shape, q.stride(), k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, causal)
+    key = (q.shape, k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, causal)
+    assert key == plan_key(q, k, causal)
+    return key
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +89,88 @@ def test_runner_for_records_the_class_it_served():
     assert len(PLANS) == 1
     clear_cache()
     assert not PLANS
+
+
+def test_a_class_is_one_plan_whatever_q_strides():
+    """q's strides are not in the class: a transposed q of the same shape takes the same plan (SDPA as made)."""
+    q, k, v = _qkv()
+    PLANS[_key(q, k, False)] = TO_SDPA
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)  # same shape, other strides
+    assert qt.stride() != q.stride()
+    out = attention(qt, k, v, enable_gqa=True)
+    assert torch.equal(out, F.scaled_dot_product_attention(qt, k, v, enable_gqa=True))
+
+
+class _Switches:
+    """torch's four SDPA switches, recorded: what a Pinned plan sets while SDPA runs, and that it restores them."""
+
+    def __init__(self, monkeypatch, state=(True, True, True, True), refuse=False):
+        self.state, self.during, self.refuse = list(state), [], refuse
+        getters = tuple((lambda i=i: self.state[i]) for i in range(4))
+        setters = tuple((lambda on, i=i: self.state.__setitem__(i, on)) for i in range(4))
+        monkeypatch.setattr("flashcore.kernels.backends._switches", lambda: (getters, setters))
+
+    def sdpa(self, *args, **kwargs):
+        self.during.append((tuple(self.state), args[3:], kwargs))
+        if self.refuse and self.state == [False, False, False, True]:
+            raise RuntimeError("No available kernel. Aborting execution.")
+        return F.scaled_dot_product_attention(*args, **kwargs)
+
+
+@pytest.mark.parametrize("flag, on", [("cudnn", (False, False, False, True)), ("flash", (True, False, False, False)),
+                                      ("mem_efficient", (False, True, False, False))])
+def test_a_pinned_plan_is_sdpa_as_made_with_one_switch_on(monkeypatch, flag, on):
+    q, k, v = _qkv()
+    sw = _Switches(monkeypatch, state=(True, False, True, True) if flag == "cudnn" else (True, True, True, True))
+    before = list(sw.state)
+    plan = Pinned(flag)
+    plan._sdpa = sw.sdpa
+    PLANS[_key(q, k, True)] = plan
+    out = attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True)
+    assert sw.during == [(on, (None, 0.0, True), {"scale": 0.25, "enable_gqa": True})]
+    assert sw.state == before  # restored
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True))
+
+
+def test_a_pinned_plan_leaves_a_switched_off_backend_off(monkeypatch):
+    """Inside ``sdpa_kernel`` without the served backend, the call is SDPA as made, switches untouched."""
+    q, k, v = _qkv()
+    sw = _Switches(monkeypatch, state=(True, True, True, False))
+    plan = Pinned("cudnn")
+    plan._sdpa = sw.sdpa
+    PLANS[_key(q, k, False)] = plan
+    attention(q, k, v, enable_gqa=True)
+    assert [d[0] for d in sw.during] == [(True, True, True, False)]
+    assert sw.state == [True, True, True, False]
+
+
+def test_a_pinned_plan_whose_backend_refuses_falls_back_to_sdpa_as_made(monkeypatch):
+    q, k, v = _qkv()
+    sw = _Switches(monkeypatch, refuse=True)
+    plan = Pinned("cudnn")
+    plan._sdpa = sw.sdpa
+    PLANS[_key(q, k, False)] = plan
+    out = attention(q, k, v, enable_gqa=True)
+    assert [d[0] for d in sw.during] == [(False, False, False, True), (True, True, True, True)]
+    assert sw.state == [True, True, True, True]
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+
+
+def test_runner_for_plans_a_pinned_backend_as_pinned(monkeypatch):
+    """A backend SDPA does not pick itself is recorded as a Pinned plan, SDPA's own pick as TO_SDPA."""
+    q, k, v = _qkv()
+    from flashcore.autotune.runtime import dispatch
+
+    class Tuned:
+        def __init__(self, server):
+            self.server = server
+
+        def runner(self):
+            return self.server
+
+    for server, expected in ((BackendServer("cudnn", False), Pinned), (BackendServer(None, False), str)):
+        clear_cache()
+        monkeypatch.setattr(dispatch, "get_kernel", lambda *a, **kw: Tuned(server))
+        monkeypatch.setattr(dispatch, "_eager_choice", lambda tuned, lq, s: tuned)
+        runner_for(q, k, False, False, v)
+        assert type(PLANS[_key(q, k, False)]) is expected

@@ -149,11 +149,21 @@ def get_kernel(shape: Sequence[int], dtype: torch.dtype | str = torch.float16, c
 
 _RUNNERS: dict[tuple, Any] = {}
 MAX_RUNNERS = 4096  # distinct call classes remembered (prompt lengths vary): past it the memo starts again
-# What the drop-in op's hot path reads (op.attention): call class -> the unchecked runner of our kernel served
-# there, or TO_SDPA where the served candidate is SDPA's own choice (then the call goes to SDPA as the user made
-# it, at SDPA's host cost). Filled by runner_for; cleared, never rebound, by clear_cache.
+# What the drop-in op's hot path reads (op.attention): call class (``plan_key``) -> the unchecked runner of our
+# kernel served there, TO_SDPA where the served candidate is SDPA's own choice (then the call goes to SDPA as the
+# user made it, at SDPA's host cost), or a ``backends.Pinned`` where an SDPA backend SDPA would not pick serves
+# (SDPA as made, that backend's switch alone on). Filled by runner_for from the class's first call (q's strides
+# are not in the class: our runners take any strides, and SDPA's own pick is read on that first call); cleared,
+# never rebound, by clear_cache.
 PLANS: dict[tuple, Any] = {}
 TO_SDPA = SDPA
+
+
+def plan_key(q: torch.Tensor, k: torch.Tensor, is_causal: bool) -> tuple:
+    """The call class of ``PLANS``: q's shape, kv heads, the kv length (by power of two where it differs from q's
+    length: a KV cache grows every step), dtype, is_causal. The op's hot path builds the same tuple inline."""
+    s, lq = k.shape[2], q.shape[2]
+    return (q.shape, k.shape[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, is_causal)
 
 
 def runner_for(q: torch.Tensor, k: torch.Tensor, causal: bool, lower_right: bool, v: torch.Tensor | None = None):
@@ -177,7 +187,9 @@ def runner_for(q: torch.Tensor, k: torch.Tensor, causal: bool, lower_right: bool
                                          lower_right=lower_right), lq, s)
         run = _RUNNERS[key] = as_sdpa_choice(tuned.runner(), q, k, k if v is None else v)
         if not lower_right:  # the op's plans cover calls without a mask (is_causal top-left, or none)
-            PLANS[key[:-1]] = TO_SDPA if getattr(run, "passthrough", False) else run
+            pinned = getattr(run, "pinned", None)
+            PLANS[plan_key(q, k, causal)] = (TO_SDPA if getattr(run, "passthrough", False)
+                                             else pinned() if pinned is not None else run)
     return run
 
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from flashcore.kernels import FAMILIES, KernelInputError, families
 from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
 
+from flashcore.kernels.backends import Pinned
+
 from .dispatch import PLANS, TO_SDPA, get_kernel, runner_for
 
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -154,21 +156,25 @@ _sdpa = F.scaled_dot_product_attention
 def planned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float | None,
             enable_gqa: bool) -> torch.Tensor | None:
     """The op's hot path for a call without mask or dropout, or None where it does not apply (not compiling; a
-    call class seen before: ``dispatch.PLANS``, keyed by q's shape and strides, kv heads, kv length by power of
-    two, dtype and is_causal). Where SDPA's own choice is served the call goes to SDPA exactly as made (SDPA's
-    host cost, nothing added but this lookup); where our kernel is, its unchecked runner runs once the call
-    passes the support check, which the class alone does not imply, in plain eager mode."""
+    call class seen before: ``dispatch.PLANS``, keyed by ``dispatch.plan_key``). Where SDPA's own choice is
+    served the call goes to SDPA exactly as made (SDPA's host cost, nothing added but this lookup), where another
+    SDPA backend is, to SDPA as made with that backend's switch alone on (``backends.Pinned``); where our kernel
+    is, its unchecked runner runs once the call passes the support check, which the class alone does not imply,
+    in plain eager mode."""
     if _is_compiling():
         return None
     qs, ks = q.shape, k.shape
-    if len(ks) != 4:
+    if len(ks) != 4 or len(qs) != 4:
         return None
     s, lq = ks[2], qs[2]
-    plan = PLANS.get((qs, q.stride(), ks[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, is_causal))
+    plan = PLANS.get((qs, ks[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, is_causal))
     if plan is TO_SDPA:
         return _sdpa(q, k, v, None, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
-    if plan is not None and _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
-        return plan(q, k, v, scale)
+    if plan is not None:
+        if plan.__class__ is Pinned:
+            return plan(q, k, v, is_causal, scale, enable_gqa)
+        if _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
+            return plan(q, k, v, scale)
     return None
 
 
@@ -182,14 +188,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
     if attn_mask is None and not dropout_p and not strict and not _is_compiling():
         # ``planned``, inlined: a Python call frame is a tenth of the host time this path may add to SDPA's
         qs, ks = q.shape, k.shape
-        if len(ks) == 4:
+        if len(ks) == 4 == len(qs):
             s, lq = ks[2], qs[2]
-            plan = PLANS.get((qs, q.stride(), ks[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype,
-                              is_causal))
+            plan = PLANS.get((qs, ks[1], s if s == lq else -(1 << (s - 1).bit_length()), q.dtype, is_causal))
             if plan is TO_SDPA:
                 return _sdpa(q, k, v, None, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
-            if plan is not None and _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
-                return plan(q, k, v, scale)
+            if plan is not None:
+                if plan.__class__ is Pinned:  # SDPA as made, one backend's switch on
+                    return plan(q, k, v, is_causal, scale, enable_gqa)
+                if _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
+                    return plan(q, k, v, scale)
     reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale)
     if reason is None:
         lower_right = False
