@@ -174,3 +174,29 @@ def test_runner_for_plans_a_pinned_backend_as_pinned(monkeypatch):
         monkeypatch.setattr(dispatch, "_eager_choice", lambda tuned, lq, s: tuned)
         runner_for(q, k, False, False, v)
         assert type(PLANS[_key(q, k, False)]) is expected
+
+
+class _Fake:
+    """A CUDA tensor's attributes, as ``_planned_ok`` reads them (CUDA tensors cannot be made on the CPU)."""
+
+    def __init__(self, shape, dtype=torch.float16, device="cuda:0", is_cuda=True, requires_grad=False):
+        self.shape, self.dtype, self.device = torch.Size(shape), dtype, torch.device(device)
+        self.is_cuda, self.requires_grad = is_cuda, requires_grad
+
+
+_GOOD = dict(q=(3, 6, 17, 16), k=(3, 3, 40, 16), v=(3, 3, 40, 16))
+
+
+@pytest.mark.parametrize("change", [
+    None, {"q_is_cuda": False}, {"scale": 0.0}, {"scale": -1.0}, {"scale": 2.0 ** -30}, {"k": (2, 3, 40, 16)},
+    {"v": (3, 3, 41, 16)}, {"k": (3, 3, 40, 8), "v": (3, 3, 40, 8)}, {"k": (3, 3, 0, 16), "v": (3, 3, 0, 16)},
+    {"enable_gqa": False}, {"k_dtype": torch.bfloat16}, {"v_dtype": torch.float32}, {"k_device": "cuda:1"},
+    {"v_device": "cpu"}, {"q_grad": True}])
+def test_a_planned_call_is_checked_for_what_its_class_does_not_fix(change):
+    """Each condition the plan's class leaves open refuses the call on its own; the unchanged call passes."""
+    c = change or {}
+    q = _Fake(c.get("q", _GOOD["q"]), is_cuda=c.get("q_is_cuda", True), requires_grad=c.get("q_grad", False))
+    k = _Fake(c.get("k", _GOOD["k"]), dtype=c.get("k_dtype", torch.float16), device=c.get("k_device", "cuda:0"))
+    v = _Fake(c.get("v", _GOOD["v"]), dtype=c.get("v_dtype", torch.float16), device=c.get("v_device", "cuda:0"))
+    ok = op._planned_ok(q, k, v, q.shape, k.shape, c.get("enable_gqa", True), c.get("scale", None))
+    assert ok is (change is None)

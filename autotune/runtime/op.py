@@ -91,6 +91,18 @@ def _supported_fast(q, k, v, qs, ks, enable_gqa, scale) -> bool:
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
 
 
+def _planned_ok(q, k, v, qs, ks, enable_gqa, scale) -> bool:
+    """Whether a call of a class that has a plan naming our kernel is one that kernel computes exactly. A plan is
+    recorded only for a call that passed the whole check (``serve`` after ``unsupported_reason``), and the class
+    fixes q's shape, the kv heads, the kv length's power of two and q's dtype: what that call's check found of
+    those holds for every call of the class. What the class does not fix is checked here: the device, the
+    scale, k's and v's batch, length and head dim, enable_gqa, k's and v's dtypes, gradients."""
+    return (q.is_cuda and (scale is None or scale >= MIN_SCALE) and v.shape == ks and ks[0] == qs[0]
+            and ks[3] == qs[3] and ks[2] >= 1 and (enable_gqa or ks[1] == qs[1]) and k.dtype == q.dtype
+            and v.dtype == q.dtype and k.device == q.device and v.device == q.device
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
+
+
 def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale=None) -> str | None:
     if scale is not None and not scale >= MIN_SCALE:
         return f"a softmax scale below {MIN_SCALE:g} (got {scale!r}) is left to SDPA"
@@ -173,7 +185,7 @@ def planned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, 
     if plan is not None:
         if plan.__class__ is Pinned:
             return plan(q, k, v, is_causal, scale, enable_gqa)
-        if _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
+        if _planned_ok(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
             return plan(q, k, v, scale)
     return None
 
@@ -196,7 +208,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask=None,
             if plan is not None:
                 if plan.__class__ is Pinned:  # SDPA as made, one backend's switch on
                     return plan(q, k, v, is_causal, scale, enable_gqa)
-                if _supported_fast(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
+                if _planned_ok(q, k, v, qs, ks, enable_gqa, scale) and _eager(q, k, v):
                     return plan(q, k, v, scale)
     reason = unsupported_reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale)
     if reason is None:
