@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ FIGURES = ("us", "p95_us", "tflops", "rel_err")
 CPU_TIMING = "cpu-wall (meaningless for speed)"
 CUDA_TIMING = "cuda-graph-events"  # CUDA events around graph replays, L2 flushed before each (tuning/timing.py)
 NOT_ON_CPU = "not available on cpu"
+ROUNDS = 3  # turns each provider is timed in on a GPU (``_time_in_turns``); one on the CPU
 
 Row = dict[str, Any]
 _TRIGGERED = re.compile(r"\s*\(Triggered internally at [^)]*\)\.?")
@@ -72,35 +74,37 @@ def bench_point(point: Point, *, profile: GpuProfile, db: str | Path | None = No
     errors: dict[str, str] = {}
     q, k, v = make_inputs(point, "cuda" if cuda else "cpu", seed)
     ref = attention_reference(q, k, v, causal=point.causal, lower_right=point.lower_right)
-    _bench_candidate(row, errors, "own", own, point, q, k, v, ref, cuda=cuda, rep_ms=rep_ms)
+    timed: list[tuple[str, Callable[[], Any]]] = []  # checked providers, timed in turns below
+    _bench_candidate(row, errors, "own", own, point, q, k, v, ref, cuda=cuda, rep_ms=rep_ms, timed=timed)
     for name in SDPA_BACKENDS:
         if not cuda:
             errors[name] = NOT_ON_CPU
             continue
-        _bench_sdpa(row, errors, name, point, q, k, v, ref, rep_ms)
+        _bench_sdpa(row, errors, name, point, q, k, v, ref, rep_ms, timed=timed)
     # What is served and measured already (our best kernel, or the SDPA backend of a column: the same launch)
     # is measured once: the same kernel timed twice differs by the noise alone.
     column = served.kernel.removeprefix("sdpa_") if served.kernel.startswith("sdpa_") else None
     if served.kernel == own.kernel and served.config == own.config:
         same = "own"
-    elif column in SDPA_BACKENDS and row.get(f"{column}_us"):
+    elif column in SDPA_BACKENDS and any(name == column for name, _ in timed):
         same = column
     else:
         same = None
+    if same is None:
+        _bench_candidate(row, errors, "served", served, point, q, k, v, ref, cuda=cuda, rep_ms=rep_ms, timed=timed)
+    _time_in_turns(row, errors, point, timed, cuda=cuda, rep_ms=rep_ms, rounds=ROUNDS if cuda else 1)
     if same is not None:
-        row.update({f"served_{f}": row[f"{same}_{f}"] for f in FIGURES})
+        row.update({f"served_{f}": row[f"{same}_{f}"] for f in (*FIGURES, "rounds_us")})
         row["served_measured_as"] = same
         if same in errors:
             errors["served"] = errors[same]
-    else:
-        _bench_candidate(row, errors, "served", served, point, q, k, v, ref, cuda=cuda, rep_ms=rep_ms)
     row["errors"] = errors
     row.update(_ratios(row))
     return row
 
 
 def _bench_candidate(row: Row, errors: dict[str, str], name: str, tk: TunedKernel, point: Point, q, k, v, ref, *,
-                     cuda: bool, rep_ms: int) -> None:
+                     cuda: bool, rep_ms: int, timed: list | None = None) -> None:
     """Gate and time one candidate: our kernels through their launcher on a poisoned ``out``, a backend as its
     users call it."""
     family = get_family(tk.kernel)
@@ -115,7 +119,7 @@ def _bench_candidate(row: Row, errors: dict[str, str], name: str, tk: TunedKerne
         def call():
             return launch(q, k, v, tk.config, causal=point.causal, out=out, **extra)
     try:
-        _record(row, errors, name, point, ref, call, cuda=cuda, rep_ms=rep_ms, gate=True)
+        _record(row, errors, name, point, ref, call, cuda=cuda, rep_ms=rep_ms, gate=True, timed=timed)
     except KernelError as exc:
         errors[name] = f"{exc.kind}: {exc}"
 
@@ -234,8 +238,10 @@ def plot_bench(result: dict[str, Any], path: str | Path, providers: Sequence[str
 # --- internals ---------------------------------------------------------------------------------------------
 
 def _record(row: Row, errors: dict[str, str], name: str, point: Point, ref: torch.Tensor,
-            fn: Callable[[], torch.Tensor], *, cuda: bool, rep_ms: int, gate: bool = False) -> None:
-    """Run ``fn`` once, check its output against ``ref``, then time it and fill ``row``'s figures.
+            fn: Callable[[], torch.Tensor], *, cuda: bool, rep_ms: int, gate: bool = False,
+            timed: list | None = None) -> None:
+    """Run ``fn`` once, check its output against ``ref``, then time it and fill ``row``'s figures (or, given
+    ``timed``, append ``(name, fn)`` to it: ``_time_in_turns`` times them all later).
 
     Non-finite output leaves the figures null with the reason in ``errors``. With ``gate``, an output outside
     the correctness gate's tolerance is still timed, but the gate's verdict is recorded in ``errors``.
@@ -251,17 +257,53 @@ def _record(row: Row, errors: dict[str, str], name: str, point: Point, ref: torc
     if gate and not verdict.passed:
         errors[name] = f"gate failed: {verdict.reason}"
     del result
-    timing = measure(fn, cuda=cuda, rep_ms=rep_ms)
-    if cuda and timing.method != CUDA_TIMING:  # could not be captured: timed directly, host time included
-        row[f"{name}_timing"] = timing.method
-    row[f"{name}_us"] = timing.median_us
-    row[f"{name}_p95_us"] = timing.p95_us
-    row[f"{name}_tflops"] = point.flops / (timing.median_us * 1e-6) / 1e12
+    if timed is not None:
+        row[f"{name}_rel_err"] = verdict.rel_err
+        timed.append((name, fn))
+        return
+    _fill(row, name, point, [measure(fn, cuda=cuda, rep_ms=rep_ms)], cuda)
     row[f"{name}_rel_err"] = verdict.rel_err
 
 
+def _time_in_turns(row: Row, errors: dict[str, str], point: Point, timed: list, *, cuda: bool, rep_ms: int,
+                   rounds: int) -> None:
+    """Time the checked providers of one point in ``rounds`` turns of ``rep_ms / rounds`` each, every turn in a
+    rotated order, and fill their figures: the median of the turns' medians, each turn's median in
+    ``{name}_rounds_us``. The same kernel at the same point can run 15% slower for seconds on end, and then not
+    (an H200 at B64 KV16384 decode: ``benchmarks/probe_decode_timing.py``): timed one after the other, the
+    provider timed during such a spell loses; in turns, each is timed in every spell, and ``_ratios`` compares
+    providers turn by turn. A provider that raises while timed gets null figures and the reason."""
+    samples: dict[str, list] = {name: [] for name, _ in timed}
+    for turn in range(rounds):
+        first = turn % max(1, len(timed))
+        for name, fn in timed[first:] + timed[:first]:
+            if name in errors and not errors[name].startswith("gate failed"):
+                continue
+            try:
+                samples[name].append(measure(fn, cuda=cuda, rep_ms=max(1, rep_ms // rounds)))
+            except (RuntimeError, KernelError) as exc:
+                errors[name] = _refusal(exc, [])
+    for name, _ in timed:
+        if name in errors and not errors[name].startswith("gate failed"):
+            for f in FIGURES:
+                row[f"{name}_{f}"] = None
+        elif samples[name]:
+            _fill(row, name, point, samples[name], cuda)
+
+
+def _fill(row: Row, name: str, point: Point, timings: list, cuda: bool) -> None:
+    methods = {t.method for t in timings}
+    if cuda and methods != {CUDA_TIMING}:  # could not be captured: timed directly, host time included
+        row[f"{name}_timing"] = ",".join(sorted(methods))
+    median = statistics.median(t.median_us for t in timings)
+    row[f"{name}_us"] = median
+    row[f"{name}_p95_us"] = statistics.median(t.p95_us for t in timings)
+    row[f"{name}_tflops"] = point.flops / (median * 1e-6) / 1e12
+    row[f"{name}_rounds_us"] = [t.median_us for t in timings]
+
+
 def _bench_sdpa(row: Row, errors: dict[str, str], name: str, point: Point, q: torch.Tensor, k: torch.Tensor,
-                v: torch.Tensor, ref: torch.Tensor, rep_ms: int) -> None:
+                v: torch.Tensor, ref: torch.Tensor, rep_ms: int, timed: list | None = None) -> None:
     """One SDPA backend forced alone (``kernels.backends``: grouped-query heads and the bottom-right mask as SDPA
     takes them); its refusal (with torch's warnings saying why) is recorded."""
     launch = get_family(f"sdpa_{name}").launch()
@@ -273,7 +315,7 @@ def _bench_sdpa(row: Row, errors: dict[str, str], name: str, point: Point, q: to
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            _record(row, errors, name, point, ref, call, cuda=True, rep_ms=rep_ms)
+            _record(row, errors, name, point, ref, call, cuda=True, rep_ms=rep_ms, timed=timed)
         except (RuntimeError, KernelError) as exc:  # no kernel of this backend runs here (or out of memory)
             for f in FIGURES:
                 row[f"{name}_{f}"] = None
@@ -291,17 +333,27 @@ def _refusal(exc: BaseException, notes: list[str], limit: int = 400) -> str:
 
 
 def _ratios(row: Row) -> dict[str, float | None]:
-    sdpa = [row[f"{b}_us"] for b in SDPA_BACKENDS if _positive(row.get(f"{b}_us"))]
-    own, served = row.get("own_us"), row.get("served_us")
+    """The speed ratios of a point (> 1: ours is faster): where both sides were timed in the same turns
+    (``_time_in_turns``), the median over the turns of each turn's ratio, else the ratio of the medians."""
+    backends = [b for b in SDPA_BACKENDS if _positive(row.get(f"{b}_us"))]
 
-    def ratio(num: Any, den: Any) -> float | None:
-        return num / den if _positive(num) and _positive(den) else None
+    def turns(name: str) -> list | None:
+        values = row.get(f"{name}_rounds_us")
+        return values if values and all(_positive(x) for x in values) else None
+
+    def ratio(num: list[str], den: str) -> float | None:
+        if not num or not _positive(row.get(f"{den}_us")):
+            return None
+        series = [turns(n) for n in (*num, den)]
+        if all(series) and len({len(x) for x in series}) == 1:
+            return statistics.median(min(xs[:-1]) / xs[-1] for xs in zip(*series))
+        return min(row[f"{n}_us"] for n in num) / row[f"{den}_us"]
 
     return {
-        "best_sdpa_over_own": ratio(min(sdpa), own) if sdpa else None,
-        "best_sdpa_over_served": ratio(min(sdpa), served) if sdpa else None,
-        "cudnn_over_own": ratio(row.get("cudnn_us"), own),
-        "flash_over_own": ratio(row.get("flash_us"), own),
+        "best_sdpa_over_own": ratio(backends, "own"),
+        "best_sdpa_over_served": ratio(backends, "served"),
+        "cudnn_over_own": ratio(["cudnn"] if "cudnn" in backends else [], "own"),
+        "flash_over_own": ratio(["flash"] if "flash" in backends else [], "own"),
     }
 
 
