@@ -12,6 +12,7 @@ from flashcore.kernels import KernelFamily, families, get_family
 
 from ..core.problem import Point
 from ..core.profiles import GpuProfile
+from .faceoff import FACEOFF_ROUNDS
 
 DEFAULT_TRIALS = {"gpu": 30, "cpu": 6}
 # Our kernels in the order "default" serves them; on the interpreter a point is tuned with the first that can
@@ -30,7 +31,8 @@ class SweepOptions:
     best has not improved by more than that fraction over that many measured trials. ``time_budget_s``: no
     trial starts after it. ``isolate=False`` runs trials in this process (tests only). ``storage``: the Optuna
     storage (``storage.make_storage``), default a journal next to the cache. ``compile_workers``: processes
-    compiling configs ahead of timing (None: one per core but one, on a GPU).
+    compiling configs ahead of timing (None: one per core but one, on a GPU). ``faceoff_rounds``: at a point
+    where several candidates won, the turns in which their winners are timed again side by side (0: none).
     """
 
     profile: GpuProfile
@@ -48,6 +50,7 @@ class SweepOptions:
     storage: Any = None
     compile_workers: int | None = None
     poll_s: float = 1.0
+    faceoff_rounds: int = FACEOFF_ROUNDS  # turns of the winners' face-off at each point (faceoff.py); 0: none
 
     @property
     def n_trials(self) -> int:

@@ -13,7 +13,8 @@ done). Proposals that break a rule are told to Optuna as PRUNED but never compil
 
 Several processes may sweep into one cache: each claims a key before tuning it (``worker.PointClaim``, an
 ``flock`` that the kernel drops when its process dies, even by kill -9), and comes back at the end to the keys
-others were tuning. A winner is replaced only by a faster passing config.
+others were tuning. A winner is replaced only by a faster passing config, but at a point where several
+candidates have winners the sweep ends by timing them again in turns and stores those figures (``faceoff``).
 
 Optuna is imported here, inside the functions, never by ``import flashcore.autotune``: run time does not pay for it.
 """
@@ -40,6 +41,7 @@ from ..core.problem import Point
 from ..core.profiles import device_identity
 from ..core.toolchain import make_key, now_iso, versions
 from .compile_pool import CompilePool, default_workers
+from .faceoff import face_off
 from .options import Hooks, SweepOptions
 from .search import Patience, Proposer, config_id, tell, tpe_sampler, warm_starts
 from .storage import default_storage
@@ -317,12 +319,33 @@ def sweep(points: Iterable[Point], store: CacheStore, opts: SweepOptions, hooks:
                     finish(i, PointResult(point, make_key(point, family, gpu, cc), stopped="time budget"))
                 break
             waiting = [i for i in waiting if not take(i)]
+        if opts.faceoff_rounds and (deadline is None or time.monotonic() < deadline):
+            _face_offs(jobs, results, store, opts, worker)
     finally:
         if worker is not None:
             worker.close()
         if pool is not None:
             pool.close()
     return [results[i] for i in sorted(results)]
+
+
+def _face_offs(jobs: list, results: dict[int, PointResult], store: CacheStore, opts: SweepOptions,
+               worker: TrialWorker | None) -> None:
+    """At each point where several candidates have winners, one of them tuned now: ``faceoff.face_off`` (the
+    winners timed again in turns, in the sweep's worker, or in this process without isolation)."""
+    by_point: dict[Point, list[tuple[KernelFamily, PointResult]]] = {}
+    for i, (point, family) in enumerate(jobs):
+        if i in results:
+            by_point.setdefault(point, []).append((family, results[i]))
+    contexts: dict[Point, Any] = {}
+    for point, group in by_point.items():
+        def run(family: KernelFamily, config: dict, point: Point = point) -> TrialOutcome:
+            if worker is not None:
+                return worker.bind(point, family).run(config, rules=False)
+            ctx = contexts[point] = prepare(point, family, opts.profile, None, opts.seed, base=contexts.get(point))
+            return run_trial(ctx, config, rep_ms=opts.rep_ms, rules=False)
+
+        face_off(point, group, store, run, _record, rounds=opts.faceoff_rounds)
 
 
 def cached(point: Point, key: CacheKey, store: CacheStore) -> PointResult | None:
