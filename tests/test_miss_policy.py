@@ -54,7 +54,7 @@ OTHER_GROUP = Point(2, 8, 1024, 64, True, kv_heads=2)
     (99.0, TUNED, ("sdpa_cudnn", "exact")),               # tuned here, but within the noise: the backend
     (90.0, CLOSE, ("attention_fwd", "nearest")),          # close, and 10% ahead of the backend there
     (99.0, CLOSE, ("sdpa_cudnn", "nearest")),             # close, but within the noise: the backend
-    (90.0, FAR, ("sdpa_cudnn", "nearest")),               # far: the backend's choice travels, ours does not
+    (90.0, FAR, ("sdpa", "default")),                     # far: neither ours nor a backend's choice travels
     (90.0, OTHER_GROUP, ("sdpa_cudnn", "nearest")),       # another heads-per-kv-head group
 ], ids=["exact", "exact-within-noise", "close-ahead", "close-within-noise", "far", "other-group"])
 def test_own_configs_are_borrowed_only_close_by_and_where_they_won(tmp_path, own_us, point, expected):

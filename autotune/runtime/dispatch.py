@@ -5,8 +5,8 @@ whatever a sweep found fastest and correct at the point. Lookup order:
 1. "exact": the point in the user's cache, else in the tables shipped under ``cache/tables/`` ("shipped"): the
    fastest candidate measured there, but the best backend where our kernel is not ahead of it by OWN_MARGIN;
 2. "nearest": the closest tuned point of the same GPU, mask, head dim and regime (equal lengths, or a KV cache;
-   the point's own dtype first, then the other 16-bit one). A backend's choice is borrowed from any distance; our
-   own config only close by and where it beat the backends there (``_nearest``: OWN_REACH, OWN_MARGIN);
+   the point's own dtype first, then the other 16-bit one), within OWN_REACH: a backend's choice, or our own
+   config where it beat the backends there (``_nearest``: OWN_REACH, OWN_MARGIN);
 3. "default": on a GPU, SDPA as the user would call it (the "sdpa" candidate: SDPA picks its backend), so that
    a shape no table covers is never slower than without FlashCore. ``kernel="own"`` (or a family's name), and
    Triton's CPU interpreter (where speed means nothing and our kernels are what is being tried), instead serve
@@ -43,10 +43,11 @@ from .paths import resolve_db
 OWN = "own"  # get_kernel(kernel="own"): our kernels only, no backend
 DEFAULT_FAMILIES = ("attention_fwd", "attention_kv")  # our "default" for kernel="own", the first that can
 SDPA = "sdpa"  # SDPA's own choice (kernels/backends.py): what a miss serves when any candidate may serve it
-# An own config borrowed from another tuned point (a "nearest" lookup) must be within this distance of it
-# (core.problem.distance: log2 steps of the lengths and of batch x heads; 2.0 is a factor 4 in all, e.g. twice
-# the kv length and twice the batch) and have beaten the best backend there by this factor: its tiles per SM and
-# loop lengths change by at most that much, and a 3% lead is the timing noise of a sweep twice over.
+# What a "nearest" lookup borrows from another tuned point must be within this distance of it (core.problem.
+# distance: log2 steps of the lengths and of batch x heads; 2.0 is a factor 4 in all, e.g. twice the kv length and
+# twice the batch), and an own config must have beaten the best backend there by this factor: its tiles per SM
+# and loop lengths change by at most that much, and a 3% lead is the timing noise of a sweep twice over. Which
+# SDPA backend is faster changes with the shape too: farther away, SDPA's own choice serves.
 OWN_REACH = 2.0
 OWN_MARGIN = 0.97
 # Eager decode (a few queries over a longer KV cache, called outside torch.compile): our split-KV kernel costs the
@@ -273,10 +274,11 @@ def _nearest(point: Point, names: list[str], indexes, allowed: set[str], bounded
     dtype before the other 16-bit one, then ``distance``, then the user's cache before the shipped tables.
 
     Unbounded (``kernel="own"`` or a family asked for by name): the fastest allowed entry there. Bounded (the
-    fastest candidate asked for): a backend's choice travels to any point of the group (a backend handles every
-    shape itself), but our own config only where it is known to stay ahead: within ``OWN_REACH`` of the tuned
-    point, at the same query-heads-per-kv-head group, and where it beat the best backend measured there by
-    ``OWN_MARGIN`` or more. Otherwise the best backend measured there, else None (SDPA's own choice)."""
+    fastest candidate asked for): nothing beyond ``OWN_REACH`` of the tuned point (None: SDPA's own choice; which
+    SDPA backend is faster changes with the shape: cuDNN borrowed from afar ran 1-2% below SDPA's own pick in
+    five of six 1x512 prefills of real models at 6c4b145/ea3fae6); within it, a backend's choice, or our own config where it is
+    known to stay ahead: at the same query-heads-per-kv-head group, and where it beat the best backend measured
+    there by ``OWN_MARGIN`` or more. Otherwise the best backend measured there, else None."""
     # The entries of the group in lookup order (dtype mismatch, distance, then the index's rank; a stable sort
     # keeps the indexes' own order among equals), checked with ``_can_serve`` (index.usable: the family's rules)
     # only until the answer is decided: the first servable entry fixes the nearest point, and the servable
@@ -300,12 +302,11 @@ def _nearest(point: Point, names: list[str], indexes, allowed: set[str], bounded
         return None
     if not bounded:
         return min(at, key=lambda e: e.median_us)
+    if distance(first.key, point) > OWN_REACH:  # too far to know which backend is faster: SDPA's own choice
+        return None
     best = _ahead(at)
-    if get_family(best.key.kernel).kind == "backend":
-        return best
-    close = (distance(best.key, point) <= OWN_REACH
-             and best.key.heads // best.key.kv_heads == point.heads // point.kv_heads)
-    if close:
+    if (get_family(best.key.kernel).kind == "backend"
+            or best.key.heads // best.key.kv_heads == point.heads // point.kv_heads):
         return best
     theirs = [e for e in at if get_family(e.key.kernel).kind == "backend"]
     return min(theirs, key=lambda e: e.median_us) if theirs else None
