@@ -267,7 +267,7 @@ def _register() -> None:
     if FA4 not in FAMILIES and fa4_installed():
         register(KernelFamily(name=FA4, launcher="backends:fa4", reference="reference:attention_reference",
                               space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any",
-                              min_cc="9.0"))
+                              needs=("tma", "warp_specialize")))  # sm_90 and newer
 
 
 _register()

@@ -17,7 +17,7 @@ from flashcore.kernels import KernelInputError
 from flashcore.kernels.attention_kv import launch as kv_launch
 from flashcore.kernels.attention_kv.launch import CONFIG_KEYS, attention_kv
 from flashcore.kernels.attention_kv.reference import attention_kv_naive, attention_kv_reference
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 MASKS = {"full": (False, False), "causal_tl": (True, False), "causal_lr": (True, True)}
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -259,11 +259,11 @@ def kv_space(profile: str = "default"):
 
 
 def valid_configs(point, profile, space=None) -> list[dict]:
-    return (space or kv_space("cpu" if profile.interpreter else "default")).candidates(point, profile)
+    return (space or kv_space(profile.name)).candidates(point, profile)
 
 
 def default_for(point, profile, space=None) -> dict:
-    return (space or kv_space("cpu" if profile.interpreter else "default")).default_for(point, profile)
+    return (space or kv_space(profile.name)).default_for(point, profile)
 
 
 H100 = PROFILES["h100"]

@@ -23,14 +23,14 @@ def pin(db: str | Path, point: Point, kernel: str, config: dict[str, Any] | None
         median_us: float = 1.0) -> Entry:
     """Write ``kernel`` with ``config`` (a backend: ``{}``; one of our families: its default at ``point`` when
     None) as the winner at ``point`` on the current device (the CPU interpreter without one); return the entry."""
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     family = get_family(kernel)
     profile = resolve_profile("auto")
     gpu, cc = device_identity(profile)
     if config is None:
         config = {} if family.kind == "backend" else load_space(
-            family.space, "cpu" if profile.interpreter else "default").default_for(point, serving_profile(gpu))
+            family.space, profile.name).default_for(point, serving_profile(gpu))
     entry = Entry(make_key(point, family, gpu, cc), dict(config), median_us, median_us, median_us, 0.0, 0.0,
                   now_iso(), versions()[1])
     with CacheStore.open(db) as store:

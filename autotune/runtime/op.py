@@ -107,7 +107,7 @@ def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale=None) ->
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16)"
     if q.dim() == 4 and k.dim() == 4 and q.shape[2] != k.shape[2] and not _any_lengths():
-        return "q and k of different lengths need the attention_kv kernel, which is not installed"
+        return "q and k of different lengths need a kernel family of unequal lengths, and none is installed"
     try:
         check_qkv(q, k, v, same_length=False)
     except KernelInputError as exc:

@@ -35,6 +35,7 @@ import torch
 
 from .._errors import KernelCompileError, KernelInputError
 from .._common import typed_errors as _typed_errors
+from ..interpreter import interpreting, suspended
 from .launch import check_config, kernel_args
 from .config import HEAD_DIMS
 
@@ -99,17 +100,14 @@ def compile_info(shape: Sequence[int], dtype: torch.dtype, causal: bool, config:
                  kv_heads: int | None = None) -> dict[str, Any]:
     """Compile for sm_90 on this machine (no GPU needed) and report the kernel's resources (see module doc)."""
     global _POOL
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # compile where the interpreter never ran
+    if interpreting():  # compile where the interpreter never ran
         if _POOL is None or _POOL[0] != os.getpid():  # a forked child cannot use its parent's executor
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            saved = os.environ.pop("TRITON_INTERPRET")  # the helper starts now, without it in its environment
-            try:
+            with suspended():  # the helper starts now, without the interpreter in its environment
                 _POOL = (os.getpid(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
                 _POOL[1].submit(int, 0).result()
-            finally:
-                os.environ["TRITON_INTERPRET"] = saved
         return _POOL[1].submit(_compile_info, tuple(shape), str(dtype).removeprefix("torch."), causal, dict(config),
                             kv_heads).result()
     return _compile_info(shape, dtype, causal, config, kv_heads)

@@ -1,0 +1,25 @@
+"""attention_kv (unequal lengths, grouped-query heads packed per kv head, split-KV): its declaration.
+
+The one statement that makes this folder a family (``kernels._family.FAMILY_FOLDERS`` lists the folder): what the
+tuner and the runtime need to know, every module named relative to ``flashcore.kernels``. Importing it imports
+neither torch nor Triton.
+"""
+
+from .._family import KernelFamily
+
+# Unequal lengths (KV-cache decode, chunked prefill), grouped-query heads packed per kv head, split-KV.
+FAMILY = KernelFamily(
+    name="attention_kv",
+    launcher="attention_kv.launch:attention_kv",
+    checker="attention_kv.launch:check_config",
+    reference="attention_kv.reference:attention_kv_reference",
+    space="attention_kv",
+    dtypes=("float16", "bfloat16"),
+    jit=("attention_kv/kernel.py:attn_kv_fwd", "attention_kv/kernel.py:attn_kv_combine"),
+    lengths="any",
+    precompiler="attention_kv.launch:precompile",
+    compile_key="attention_kv.launch:compile_key",
+    server="attention_kv.fastlaunch:KvServer",
+    rules="attention_kv.rules",
+    default=True,
+)
