@@ -4,10 +4,10 @@ Importing this package has no side effects: nothing is opened or created until `
 """
 
 from ._errors import CacheError, TableError, TableTooLarge
-from ._merge import MergeReport, merge_caches
-from ._migrations import SCHEMA_VERSION
-from ._store import CacheStore
-from ._tables import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
+from .merge import MergeReport, merge_caches
+from .migrations import SCHEMA_VERSION
+from .store import CacheStore
+from .table_format import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
 from ._types import (DEFAULT_FP8_TOL, DTYPES, FIGURES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord, base_dtype,
                      figures_of, fp8_dtype, fp8_tol, normalize_problem)
 

@@ -12,7 +12,7 @@ import torch
 from flashcore.autotune import PROFILES, Point, get_grid
 from flashcore.kernels.attention_fp8.gate import EMULATION_FACTOR, check_fp8, report_fp8
 from flashcore.autotune.tuning.inputs import make_inputs
-from flashcore.cache._tables import _config
+from flashcore.cache.table_format import _config
 from flashcore.kernels import KernelInputError, get_family
 from flashcore.kernels.attention_fp8.reference import attention_fp8_emulated
 from flashcore.kernels.attention_fp8.quant import (FP8_DTYPE, Recipe, dequantize, expand_scales, quantize, scales_for, smooth)

@@ -28,8 +28,8 @@ from flashcore.autotune.runtime.index import usable
 from flashcore.autotune.runtime.misses import misses_path, read_misses
 from flashcore.autotune.tuning.inputs import make_inputs
 from flashcore.cache import CacheStore, Entry
-from flashcore.cache._migrations import migrate
-from flashcore.cache._store import _winner_row
+from flashcore.cache.migrations import migrate
+from flashcore.cache.store import _winner_row
 from flashcore.kernels import get_family
 from flashcore.kernels.reference import attention_reference
 from flashcore.kernels import load_space

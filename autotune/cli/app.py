@@ -271,7 +271,7 @@ def export(
 
 
 # `autotune import` takes tables of at most IMPORT_MAX_ENTRIES entries unless --max-entries says more, up to the
-# table format's own bound (cache._tables.MAX_ENTRIES, repeated here: importing flashcore.cache costs `autotune
+# table format's own bound (cache.table_format.MAX_ENTRIES, repeated here: importing flashcore.cache costs `autotune
 # --help` 0.3 s): every process that serves from a cache reads all of it on its first get_kernel, and an import
 # of 100,000 winners took 15 s and 432 MB on the H200 host, the first get_kernel on that cache 2.5 s. A sweep of
 # every grid on one GPU is about 3,000 winners per toolchain.

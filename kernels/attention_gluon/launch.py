@@ -153,7 +153,7 @@ def _sm_count(device: torch.device) -> int:
 
 class GluonServer:
     """What get_kernel serves for attention_gluon: ``server(q, k, v, sm_scale=None) -> out``, the launcher's
-    checks, copies and descriptors, launched through ``kernels._fastrun.FastRunner`` (Triton's own launch,
+    checks, copies and descriptors, launched through ``kernels.fastrun.FastRunner`` (Triton's own launch,
     without its per-call binding and key building)."""
 
     __slots__ = ("config", "causal", "_cfg")
@@ -178,7 +178,7 @@ class GluonServer:
 
 @functools.cache
 def _runner():
-    from .._fastrun import FastRunner
+    from ..fastrun import FastRunner
     from .kernel import attn_fwd_ws
 
     return FastRunner(attn_fwd_ws)
