@@ -13,12 +13,14 @@ import triton
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources, PTXASError
 
+from flashcore.cache import HALF_DTYPES
+
 from ._errors import (KernelCompileError, KernelError, KernelInputError, KernelLaunchError,
                       KernelResourceError)
 from .interpreter import interpreting  # noqa: F401  (the launchers' check, kernels/interpreter.py)
 
 LOG2E = 1.4426950408889634
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in HALF_DTYPES)  # the vocabulary: flashcore.cache
 MAX_HEAD_DIM = 256
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flashcore.cache import ELEMENT_BYTES
+
 from .arch import profile_arch
 
 Rule = Callable[[Mapping[str, Any], Any, Any], "str | None"]
 RULES: dict[str, Rule] = {}
 
-_ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "fp8": 1}
 
 # Registers: a thread has 255. Besides its share of the tiles, a thread holds the kernel's fixed state (row
 # indices, m_i, l_i, loop state) and, with pointer loads, the K/V address tensors: about REGISTER_OVERHEAD.
@@ -140,7 +141,7 @@ def operand_bytes(config, point) -> tuple[int, int]:
     the operand (FP8_QK, FP8_PV; absent means true) and 2 where it keeps it in 16 bits."""
     if is_fp8(point):
         return (1 if config.get("FP8_QK", True) else 2), (1 if config.get("FP8_PV", True) else 2)
-    elt = _ELEMENT_BYTES.get(point.dtype, 2)
+    elt = ELEMENT_BYTES.get(point.dtype, 2)
     return elt, elt
 
 

@@ -12,8 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from flashcore.kernels import FAMILY_FOLDERS
-
 from ..core.errors import AutotuneError
 from .console import Command, Group
 
@@ -81,8 +79,8 @@ def sweep(
     kernel: Annotated[str, typer.Option(help="Candidates to tune, comma-separated: auto (every kernel family of "
                                              "ours that can compute a point, and on a GPU the backends "
                                              "sdpa_cudnn, sdpa_flash, sdpa_efficient and fa4 where installed; "
-                                             "the FP8 family with --dtype fp8), or names: our families "
-                                             f"({', '.join(FAMILY_FOLDERS)}) or backends such as "
+                                             "the FP8 family with --dtype fp8), or names: of our kernel families "
+                                             "(the folders of kernels/) or of backends such as "
                                              "sdpa_cudnn.")] = "auto",
     rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing window per trial on a GPU, in ms "
                                         "(triton.testing.do_bench's rep; 25 ms of warm-up come first).")] = 100,

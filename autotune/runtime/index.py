@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flashcore.cache import CacheError, CacheStore, Entry, base_dtype
+from flashcore.cache import HALF_DTYPES, CacheError, CacheStore, Entry, base_dtype
 from flashcore.kernels import families, get_family
 
 from ..core.errors import AutotuneError
@@ -36,7 +36,7 @@ class Index:
     groups: dict[tuple, list[Entry]] = field(default_factory=dict)  # group_key -> entries
 
 
-HALF = ("float16", "bfloat16")
+HALF = HALF_DTYPES
 _INDEXES: dict[str, Index] = {}
 _USABLE: dict[int, tuple[Entry, bool]] = {}  # id(entry) -> (the entry, kept alive so its id is not reused; verdict)
 

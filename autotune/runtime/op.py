@@ -17,12 +17,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flashcore.cache import HALF_DTYPES
 from flashcore.kernels import FAMILIES, KernelInputError, families
 from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
 
 from .dispatch import PLANS, TO_SDPA, get_kernel, runner_for
 
-_DTYPES = (torch.float16, torch.bfloat16)
+_DTYPES = tuple(getattr(torch, name) for name in HALF_DTYPES)
 # Smaller softmax scales (and non-positive ones) go to SDPA: scale x log2(e) would flush towards zero in fp32,
 # and a masked -inf times a scale <= 0 is NaN in our kernels where SDPA gives finite values.
 MIN_SCALE = 2.0 ** -20

@@ -5,6 +5,8 @@ tuner and the runtime need to know, every module named relative to ``flashcore.k
 neither torch nor Triton.
 """
 
+from flashcore.cache import HALF_DTYPES
+
 from .._family import KernelFamily
 
 FAMILY = KernelFamily(
@@ -13,7 +15,7 @@ FAMILY = KernelFamily(
     checker="attention_fwd.launch:check_config",
     reference="reference:attention_reference",
     space="attention_fwd",
-    dtypes=("float16", "bfloat16"),
+    dtypes=HALF_DTYPES,
     jit=("attention_fwd/kernel.py:attn_fwd",),
     gqa_jit=("attention_fwd/kernel.py:attn_fwd_gqa",),
     # the whole-file hash of the kernel file + launch.py at f99307b (the shipped H100 fp16 table), the files that are

@@ -33,8 +33,10 @@ from typing import Any
 
 import torch
 
+from flashcore.cache import HALF_DTYPES
+
 from .._errors import KernelCompileError, KernelInputError
-from .._common import typed_errors as _typed_errors
+from .._common import SUPPORTED_DTYPES, typed_errors as _typed_errors
 from ..interpreter import interpreting, suspended
 from .launch import check_config, kernel_args
 from .config import HEAD_DIMS
@@ -58,7 +60,7 @@ def compile_kernel(shape: Sequence[int], dtype: torch.dtype, causal: bool, confi
     cfg = check_config(config)
     b, hq, s, d = (int(x) for x in shape)
     hkv = hq if kv_heads is None else int(kv_heads)
-    if dtype not in (torch.float16, torch.bfloat16):
+    if dtype not in SUPPORTED_DTYPES:
         raise KernelInputError(f"dtype must be float16 or bfloat16; got {dtype}")
     if d not in HEAD_DIMS or min(b, hq, hkv, s) < 1 or hq % hkv:
         raise KernelInputError(f"unsupported shape {tuple(shape)} with {hkv} kv heads")
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8,16,4096,128", help="B,Hq,S,D")
     parser.add_argument("--kv-heads", type=int, default=None)
-    parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
+    parser.add_argument("--dtype", choices=HALF_DTYPES, default="float16")
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--config", default='{"BLOCK_M": 64, "BLOCK_N": 128}', help="config as JSON")
     ns = parser.parse_args(argv)

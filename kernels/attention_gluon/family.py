@@ -5,6 +5,8 @@ tuner and the runtime need to know, every module named relative to ``flashcore.k
 neither torch nor Triton.
 """
 
+from flashcore.cache import HALF_DTYPES
+
 from .._family import KernelFamily
 
 # Warp-specialized Hopper kernel in Gluon (TMA producer warp, wgmma consumer warpgroups): sm_90 only.
@@ -14,7 +16,7 @@ FAMILY = KernelFamily(
     checker="attention_gluon.launch:check_config",
     reference="reference:attention_reference",
     space="attention_gluon",
-    dtypes=("float16", "bfloat16"),
+    dtypes=HALF_DTYPES,
     jit=("attention_gluon/kernel.py:attn_fwd_ws",),
     needs=("wgmma", "tma", "warp_specialize"),
     server="attention_gluon.launch:GluonServer",

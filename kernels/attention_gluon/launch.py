@@ -20,11 +20,10 @@ from typing import Any
 import torch
 
 from .._errors import KernelInputError
-from .._common import device_facts, strides as _strides, tma_ready, typed_errors as _typed_errors
+from .._common import SUPPORTED_DTYPES, device_facts, strides as _strides, tma_ready, typed_errors as _typed_errors
 from .config import HEAD_DIMS, SM90, config_error, ctas_per_sm, normalized, register_split
 
 LOG2E = 1.4426950408889634
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 _SM_COUNT: dict[int, int] = {}
 
 

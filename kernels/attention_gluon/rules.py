@@ -5,6 +5,7 @@ the kernel (config.py beside this file), so that the launcher accepts exactly wh
 
 from __future__ import annotations
 
+from flashcore.cache import HALF_DTYPES
 from flashcore.search_spaces.arch import profile_arch
 from flashcore.search_spaces.rules import rule, smem_over_budget
 
@@ -33,7 +34,7 @@ def gluon_config_valid(config, point, profile):
 @rule
 def gluon_supported_point(config, point, profile):
     """16-bit dtypes, head dim 64/128/256 (power-of-two TMA boxes and wgmma shapes), Hq a multiple of Hkv."""
-    if str(point.dtype) not in ("float16", "bfloat16"):
+    if str(point.dtype) not in HALF_DTYPES:
         return f"the Gluon kernel takes float16 or bfloat16; got {point.dtype}"
     if point.head_dim not in HEAD_DIMS:
         return f"head dim must be one of {list(HEAD_DIMS)}; got {point.head_dim}"

@@ -5,6 +5,8 @@ tuner and the runtime need to know, every module named relative to ``flashcore.k
 neither torch nor Triton.
 """
 
+from flashcore.cache import HALF_DTYPES
+
 from .._family import KernelFamily
 
 # Unequal lengths (KV-cache decode, chunked prefill), grouped-query heads packed per kv head, split-KV.
@@ -14,7 +16,7 @@ FAMILY = KernelFamily(
     checker="attention_kv.launch:check_config",
     reference="reference:attention_reference",  # the one shared fp32 reference (kernels/reference.py)
     space="attention_kv",
-    dtypes=("float16", "bfloat16"),
+    dtypes=HALF_DTYPES,
     jit=("attention_kv/kernel.py:attn_kv_fwd", "attention_kv/kernel.py:attn_kv_combine"),
     lengths="any",
     precompiler="attention_kv.launch:precompile",
