@@ -5,7 +5,7 @@ reads a family's space by its name."""
 
 from ._space import SearchSpace, SpaceError, expand, read_space
 from .arch import ARCHS, Arch, arch_of, profile_arch
-from .rules import RULES, cdiv, pow2_at_least, rule, smem_over_budget
+from .rules import RULES, cdiv, pow2_at_least, registers_over_budget, rule, smem_over_budget
 
 __all__ = ["ARCHS", "Arch", "RULES", "SearchSpace", "SpaceError", "arch_of", "cdiv", "expand", "pow2_at_least",
-           "profile_arch", "read_space", "rule", "smem_over_budget"]
+           "profile_arch", "read_space", "registers_over_budget", "rule", "smem_over_budget"]

@@ -58,6 +58,15 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def registers_over_budget(need: float, profile) -> str | None:
+    """The register rule every family's space applies to its own estimate ``need`` (32-bit registers per thread)
+    against the architecture's limit: beyond it the tiles spill."""
+    limit = profile_arch(profile).registers_per_thread
+    if need > limit:
+        return f"needs ~{need:.0f} registers per thread for its tiles (limit {limit}): it would spill"
+    return None
+
+
 def smem_over_budget(need: int, profile) -> str | None:
     """The shared-memory rule every family's space applies to its own estimate ``need`` (bytes per block)."""
     if need > profile.smem_bytes:
@@ -126,10 +135,7 @@ def registers_per_thread(config, point) -> float:
 @rule
 def register_budget(config, point, profile):
     """The fp32 accumulator and score tiles must fit in a thread's 255 registers, or they spill."""
-    need, limit = registers_per_thread(config, point), profile_arch(profile).registers_per_thread
-    if need > limit:
-        return f"needs ~{need:.0f} registers per thread for its tiles (limit {limit}): it would spill"
-    return None
+    return registers_over_budget(registers_per_thread(config, point), profile)
 
 
 def is_fp8(point) -> bool:

@@ -1,8 +1,6 @@
-"""The FP8 E4M3 attention kernel: its declaration.
+"""The FP8 E4M3 attention kernel.
 
-The one statement that makes this folder a family (``kernels._family.FAMILY_FOLDERS`` lists the folder): what the
-tuner and the runtime need to know, every module named relative to ``flashcore.kernels``. Importing it imports
-neither torch nor Triton.
+The declaration that makes this folder a family (kernels/README.md says what a family folder holds).
 """
 
 from .._family import KernelFamily

@@ -1,8 +1,6 @@
-"""attention_kv (unequal lengths, grouped-query heads packed per kv head, split-KV): its declaration.
+"""attention_kv: unequal lengths, grouped-query heads packed per kv head, split-KV.
 
-The one statement that makes this folder a family (``kernels._family.FAMILY_FOLDERS`` lists the folder): what the
-tuner and the runtime need to know, every module named relative to ``flashcore.kernels``. Importing it imports
-neither torch nor Triton.
+The declaration that makes this folder a family (kernels/README.md says what a family folder holds).
 """
 
 from flashcore.cache import HALF_DTYPES

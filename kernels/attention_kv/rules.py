@@ -20,8 +20,7 @@ than 32 bytes and rejects 5 that do not; the shared-memory estimate is never bel
 
 from __future__ import annotations
 
-from flashcore.search_spaces.arch import profile_arch
-from flashcore.search_spaces.rules import cdiv, pow2_at_least, rule, smem_over_budget
+from flashcore.search_spaces.rules import cdiv, pow2_at_least, registers_over_budget, rule, smem_over_budget
 
 REGISTER_OVERHEAD = 70     # fixed state and address tensors (attention_fwd's pointer-load figure; fits here too)
 PACK_REGISTERS = 30        # packed rows: per-row head / position / limit vectors and gathered Q and O addresses
@@ -112,10 +111,7 @@ def registers_per_thread(config, point) -> float:
 @rule
 def kv_register_budget(config, point, profile):
     """The fp32 accumulator and score tiles must fit in a thread's 255 registers, or they spill."""
-    need, limit = registers_per_thread(config, point), profile_arch(profile).registers_per_thread
-    if need > limit:
-        return f"needs ~{need:.0f} registers per thread for its tiles (limit {limit}): it would spill"
-    return None
+    return registers_over_budget(registers_per_thread(config, point), profile)
 
 
 def shared_bytes(config, point) -> int:
