@@ -15,6 +15,7 @@ import torch
 from flashcore.autotune import PROFILES, Point, SweepOptions, get_kernel, sweep
 from flashcore.cache import CacheStore
 from flashcore.kernels import families, get_family, load_space, register_folder, unregister
+from flashcore.search_spaces import RULES as RULE_REGISTRY
 
 NAME = "planted_attn"
 
@@ -135,10 +136,13 @@ def planted(tmp_path):
     for name, text in {"__init__.py": "", "family.py": FAMILY, "kernel.py": KERNEL, "launch.py": LAUNCH,
                        "rules.py": RULES, "space.toml": SPACE}.items():
         (folder / name).write_text(textwrap.dedent(text).lstrip())
+    rules, path = set(RULE_REGISTRY), list(sys.path)
     family = register_folder(folder)
     yield family
-    unregister(NAME)
-    sys.path.remove(str(tmp_path))
+    unregister(NAME)  # and what registering it added: its rules, its folder's parent on the path, its modules
+    for name in set(RULE_REGISTRY) - rules:
+        del RULE_REGISTRY[name]
+    sys.path[:] = path
     for module in [m for m in sys.modules if m == NAME or m.startswith(NAME + ".")]:
         del sys.modules[module]
 

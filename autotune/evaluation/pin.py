@@ -1,7 +1,7 @@
 """Pin a candidate at a point: write it into a cache as the point's winner on this device, untimed.
 
 For benchmarks and tests that must know what get_kernel serves (a backend at one point, our kernel at another)
-without a sweep: ``pin(db, point, "attention_kv")`` makes the family's default config at ``point`` the winner
+without a sweep: ``pin(db, point, family_name)`` makes the family's default config at ``point`` the winner
 there; ``pin(db, point, "sdpa_cudnn")`` the cuDNN backend. The entry's figures are placeholders (``median_us``):
 nothing here was measured, so never ship a cache written this way.
 """
