@@ -39,9 +39,10 @@ def measure_recipes(db: str, fp16_db: str | None, shape: tuple[int, ...], causal
     select_backend(profile)
     import torch
 
-    from flashcore.autotune.evaluation.bench_fp8 import OUTLIER_FACTOR, OUTLIERS, fp8_figures, with_outliers
+    from flashcore.autotune.evaluation.bench_fp8 import fp8_figures
     from flashcore.autotune.runtime.dispatch import get_kernel
-    from flashcore.autotune.tuning.fp8_gate import cosine, rel_l2
+    from flashcore.kernels.attention_fp8.gate import cosine, rel_l2
+    from flashcore.kernels.attention_fp8.trial import OUTLIER_FACTOR, OUTLIERS, with_outliers
     from flashcore.autotune.core.profiles import device_identity
     from flashcore.autotune.tuning.timing import measure
     from flashcore.autotune.core.toolchain import provenance
@@ -49,11 +50,11 @@ def measure_recipes(db: str, fp16_db: str | None, shape: tuple[int, ...], causal
     from flashcore.kernels import KernelError, get_family
     from flashcore.kernels.attention_fp8.quant import Recipe
     from flashcore.kernels.reference import attention_reference
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     gpu_name, cc = device_identity(profile)
     point = Point(*shape, causal, "fp8-tol1")  # the loosest budget: every recipe of the space is valid
-    space = load_space("attention_fp8", profile.name if profile.interpreter else "default")
+    space = load_space("attention_fp8", profile.name)
     candidates = space.candidates(point, profile)
     recipes = list(dict.fromkeys(Recipe.from_config(c) for c in candidates))
     trials = _passing_trials(CacheStore, db, get_family("attention_fp8").source_hash, gpu_name, point)

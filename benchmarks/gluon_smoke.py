@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOLERANCES = {"float16": (2e-3, 1e-3), "bfloat16": (1.6e-2, 1.6e-2)}  # (atol, rtol), as the gate's
-DEFAULT = tomllib.loads((HERE.parent / "search_spaces" / "attention_gluon.toml").read_text())["default"]
+DEFAULT = tomllib.loads((HERE.parent / "kernels" / "attention_gluon" / "space.toml").read_text())["default"]
 VARIANTS = {
     "default": {},
     "overlap": {"OVERLAP": True},
@@ -154,7 +154,7 @@ def fits(config: dict, shape) -> str | None:
     """Why the rules refuse ``config`` at ``shape`` on an H100/H200, or None."""
     from types import SimpleNamespace
 
-    from flashcore.search_spaces import rules_gluon as rules
+    from flashcore.kernels.attention_gluon import rules
 
     b, hq, hkv, s, d, causal, dtype = shape
     point = SimpleNamespace(batch=b, heads=hq, kv_heads=hkv, seq_len=s, head_dim=d, causal=causal, dtype=dtype)

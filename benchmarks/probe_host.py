@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from flashcore.autotune.core.toolchain import provenance
 from flashcore.kernels import backends
-from flashcore.kernels._fastrun import arg_class
+from flashcore.kernels.fastrun import arg_class
 from flashcore.kernels.attention_kv.fastlaunch import KvServer
 
 from overhead import host_us  # noqa: E402  (benchmarks/ is the script's folder)

@@ -97,7 +97,7 @@ def _freeze(config):
 
 def _broken_rules(config, shape):
     from flashcore.autotune import PROFILES, Point
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     point = Point(*shape)
     return [v.split(":")[0] for v in load_space("attention_fwd").violations(config, point, PROFILES["h100"])]

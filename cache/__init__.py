@@ -4,18 +4,21 @@ Importing this package has no side effects: nothing is opened or created until `
 """
 
 from ._errors import CacheError, TableError, TableTooLarge
-from ._merge import MergeReport, merge_caches
-from ._migrations import SCHEMA_VERSION
-from ._store import CacheStore
-from ._tables import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
-from ._types import (DEFAULT_FP8_TOL, DTYPES, FIGURES, TRIAL_STATUSES, CacheKey, Entry, TrialRecord, base_dtype,
+from .merge import MergeReport, merge_caches
+from .migrations import SCHEMA_VERSION
+from .store import CacheStore
+from .table_format import FORMAT_VERSION, entry_to_dict, export_table, parse_table, read_table, write_csv, write_json
+from ._types import (DEFAULT_FP8_TOL, DTYPES, ELEMENT_BYTES, FIGURES, HALF_DTYPES, TRIAL_STATUSES, CacheKey, Entry,
+                     TrialRecord, base_dtype,
                      figures_of, fp8_dtype, fp8_tol, normalize_problem)
 
 __all__ = [
     "DEFAULT_FP8_TOL",
     "DTYPES",
+    "ELEMENT_BYTES",
     "FIGURES",
     "FORMAT_VERSION",
+    "HALF_DTYPES",
     "SCHEMA_VERSION",
     "TRIAL_STATUSES",
     "CacheError",

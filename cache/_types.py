@@ -11,7 +11,10 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-DTYPES = ("float16", "bfloat16", "fp8")
+# The one dtype vocabulary: every module that names a dtype takes it from here (``flashcore.cache``).
+HALF_DTYPES = ("float16", "bfloat16")  # the 16-bit dtypes: what every kernel takes and returns
+DTYPES = (*HALF_DTYPES, "fp8")  # what a cache key may hold (fp8 with its budget: "fp8-tol0.03", below)
+ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "fp8": 1}
 # FP8 keys carry their error budget in the dtype: "fp8" is the default budget (relative L2 error 0.1 against
 # the fp32 truth), "fp8-tol<budget>" any other, written with Python's "g" format ("fp8-tol0.03"). Winners
 # under different budgets are then different keys (they coexist in one cache and are served apart) without

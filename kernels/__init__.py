@@ -1,16 +1,25 @@
-"""FlashCore's kernels: JIT code, launchers and PyTorch references, grouped into families (one folder each), and
+"""FlashCore's kernels: one folder per kernel family (JIT code, launcher, reference, search space and rules, extra
+trial steps, and ``family.py``, the declaration that registers it; README.md here is the recipe for a new one), and
 the backends (PyTorch SDPA, FlashAttention-4) that compete with them as candidates.
 
-Importing this package imports neither Triton nor the kernels; ``KernelFamily.launch()`` does, on first use.
+Importing this package registers the families (their declarations import neither torch nor Triton) and imports
+neither Triton nor the kernels; ``KernelFamily.launch()`` does, on first use.
 """
 
 from ._errors import (KernelCompileError, KernelError, KernelInputError, KernelLaunchError,
                       KernelResourceError)
-from ._family import FAMILIES, KernelFamily, ensure_backend, families, get_family, register
+from ._family import (FAMILIES, FAMILY_FOLDERS, KernelFamily, default_families, default_family, families,
+                      families_of_dtype, get_family, load_builtin, load_space, register, register_folder, unregister)
 from ._hash import jit_hash
-from . import backends  # noqa: E402,F401  (registers PyTorch's SDPA backends, and FA4 where installed)
+from ._hooks import GateResult, TrialHooks
+from .interpreter import ensure_backend
+
+load_builtin()  # the package's own families, in FAMILY_FOLDERS order, before the backends
+from . import backends, interpreter  # noqa: E402,F401  (registers PyTorch's SDPA backends, and FA4 where installed)
 
 __all__ = [
-    "FAMILIES", "KernelFamily", "KernelError", "KernelInputError", "KernelCompileError",
-    "KernelLaunchError", "KernelResourceError", "ensure_backend", "families", "get_family", "jit_hash", "register",
+    "FAMILIES", "FAMILY_FOLDERS", "GateResult", "KernelFamily", "KernelError", "KernelInputError",
+    "KernelCompileError", "KernelLaunchError", "KernelResourceError", "TrialHooks", "interpreter", "default_families",
+    "default_family", "ensure_backend", "families", "families_of_dtype", "get_family", "jit_hash", "load_builtin",
+    "load_space", "register", "register_folder", "unregister",
 ]

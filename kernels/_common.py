@@ -4,7 +4,6 @@ switch, and the specialization class of a launch argument (for compile keys)."""
 from __future__ import annotations
 
 import functools
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -14,17 +13,15 @@ import triton
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources, PTXASError
 
+from flashcore.cache import HALF_DTYPES
+
 from ._errors import (KernelCompileError, KernelError, KernelInputError, KernelLaunchError,
                       KernelResourceError)
+from .interpreter import interpreting  # noqa: F401  (the launchers' check, kernels/interpreter.py)
 
 LOG2E = 1.4426950408889634
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = tuple(getattr(torch, name) for name in HALF_DTYPES)  # the vocabulary: flashcore.cache
 MAX_HEAD_DIM = 256
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_length: bool = True) -> None:

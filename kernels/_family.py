@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from flashcore.search_spaces import Arch, SearchSpace, SpaceError, read_space
 
 from ._hash import jit_hash
 
@@ -25,8 +29,9 @@ class KernelFamily:
 
     Contract: ``launch(q, k, v, config, *, causal, sm_scale, out=None, lower_right=False)`` returns the output or
     raises a ``KernelError`` (``lower_right`` only for families with ``lengths="any"``); ``reference(q, k, v, *,
-    causal, sm_scale)`` returns the fp32 truth; ``space`` names ``search_spaces/<space>.toml``. Specs are
-    "module:function" relative to this package, imported on first use.
+    causal, sm_scale)`` returns the fp32 truth; ``space`` names the family whose folder's ``space.toml`` it
+    searches (its own, but for test families). Specs are "module:function" relative to this package (a top-level
+    module for a family registered from a folder elsewhere), imported on first use.
     """
 
     name: str
@@ -44,7 +49,9 @@ class KernelFamily:
     kind: str = "triton"
     gqa: bool = True  # grouped-query heads (Hq a multiple of Hkv)
     lengths: str = "equal"  # "equal": q and k of one length; "any": L != S and lower-right causal too
-    min_cc: str = "8.0"  # the oldest compute capability it runs on ("9.0": Hopper only)
+    # What the GPU architecture must have (fields of search_spaces.arch.Arch: "wgmma", "tma", "warp_specialize");
+    # () runs on every supported GPU (sm_80 on) and, for Triton code, in the interpreter.
+    needs: tuple[str, ...] = ()
     # "module:function" compiling a config without inputs (kernels/attention_fwd/precompile.py), and the key of
     # what the compiled kernel depends on; None: configs compile when first launched.
     precompiler: str | None = None
@@ -59,6 +66,18 @@ class KernelFamily:
     # Whether sweeps try it. False for "sdpa" (SDPA's own choice): the baseline served where nothing tuned
     # applies, never a tuned candidate.
     candidate: bool = True
+    # "module" of the family's named validity rules (imported before its space is read: they register by name).
+    rules: str | None = None
+    # One of our "default" families: what get_kernel's kernel="own" serves (the first of them, in registry order,
+    # that can compute a point), what the interpreter tunes, and (the first) the family tune_point and
+    # study-search take when none is named.
+    default: bool = False
+    # "module:object" of the family's extra trial steps (TrialHooks, kernels/_hooks.py): a trial of the family
+    # runs ``hooks.kernel_call`` and gates with ``hooks.verdict`` (FP8: quantize once, the FP8 gate); None:
+    # the launcher on the inputs, the 16-bit gate.
+    trial: str | None = None
+    # The folder holding the family's space.toml (set by the registry from the declaration's own folder).
+    folder: str | None = None
 
     def kernel_hash(self, gqa: bool = False) -> str:
         """The hash of the JIT source a point compiles (its grouped-query entry for ``gqa``); for a backend,
@@ -87,6 +106,13 @@ class KernelFamily:
             return f"head dim {head_dim} is outside 1..256"
         return None
 
+    def runs_on(self, arch: Arch) -> bool:
+        """Whether the family runs on architecture ``arch`` (``search_spaces.arch``; the interpreter runs plain
+        Triton code only: no backend, nothing that needs an architecture's feature)."""
+        if arch.interpreter:
+            return self.kind != "backend" and not self.needs
+        return all(getattr(arch, need) for need in self.needs)
+
     def launch(self) -> Callable:
         return _resolve(self.launcher)
 
@@ -103,6 +129,10 @@ class KernelFamily:
             return lambda q, k, v, sm_scale=None: launch(q, k, v, config, causal=causal, sm_scale=sm_scale, **extra)
         factory = _resolve(self.server)
         return factory(config, causal, lower_right) if self.lengths == "any" else factory(config, causal)
+
+    def trial_hooks(self):
+        """The family's extra trial steps (``trial``), or None."""
+        return _resolve(self.trial) if self.trial else None
 
     def compile_key_fn(self) -> Callable | None:
         """``compile_key(q_shape, kv_shape, torch_dtype, causal, config, lower_right) -> tuple``, or None."""
@@ -122,91 +152,60 @@ def register(family: KernelFamily) -> KernelFamily:
     return family
 
 
-register(KernelFamily(
-    name="attention_fwd",
-    launcher="attention_fwd.launch:attention_fwd",
-    checker="attention_fwd.launch:check_config",
-    reference="reference:attention_reference",
-    space="attention_fwd",
-    dtypes=("float16", "bfloat16"),
-    jit=("attention_fwd/kernel.py:attn_fwd",),
-    gqa_jit=("attention_fwd/kernel.py:attn_fwd_gqa",),
-    # the whole-file hash of the kernel file + launch.py at f99307b (the shipped H100 fp16 table), the files that are
-    # now kernels/attention_fwd/kernel.py and kernels/attention_fwd/launch.py
-    legacy_hashes=(("a5c27be1af7945f5", "5aa1c00278e1c071"),),
-    precompiler="attention_fwd.precompile:precompile",
-    compile_key="attention_fwd.precompile:compile_key",
-    server="attention_fwd.fastlaunch:FastLauncher",
-))
-# FP8 E4M3 (attention_fp8/quant.py recipes; the launcher takes 16-bit q, k, v and quantizes them per the config).
-# Its trials need the FP8 gate (autotune/tuning/fp8_gate.py), not the fp16 one.
-register(KernelFamily(
-    name="attention_fp8",
-    launcher="attention_fp8.launch:attention_fp8",
-    checker="attention_fp8.launch:check_config",
-    reference="reference:attention_reference",
-    space="attention_fp8",
-    dtypes=("fp8",),
-    jit=("attention_fp8/kernel.py:attn_fwd_fp8", "attention_fp8/quant_fused.py:block_amax",
-         "attention_fp8/quant_fused.py:cast_fp8"),
-    # the whole-file hash of the FP8 kernel's five files at f99307b (the shipped H100 FP8 table)
-    legacy_hashes=(("3daa245e753428e7", "abe7fbeb24a6a805"),),
-    gqa=False,
-    precompiler="attention_fp8.precompile:precompile",
-    compile_key="attention_fp8.precompile:compile_key",
-    server="attention_fp8.quant_launch:fused_launcher",
-))
+# -- the one list of the package's families ---------------------------------------------------------------------
+# Each name is a folder of this package holding a family's declaration (``family.py``: ``FAMILY = KernelFamily(...)``)
+# and everything else that is the family's (README.md in this folder: the recipe). The order is the registry's:
+# the order in which candidates are listed, and in which the "default" families serve.
+FAMILY_FOLDERS = ("attention_fwd", "attention_fp8", "attention_kv", "attention_gluon")
 
-# Unequal lengths (KV-cache decode, chunked prefill), grouped-query heads packed per kv head, split-KV.
-register(KernelFamily(
-    name="attention_kv",
-    launcher="attention_kv.launch:attention_kv",
-    checker="attention_kv.launch:check_config",
-    reference="attention_kv.reference:attention_kv_reference",
-    space="attention_kv",
-    dtypes=("float16", "bfloat16"),
-    jit=("attention_kv/kernel.py:attn_kv_fwd", "attention_kv/kernel.py:attn_kv_combine"),
-    lengths="any",
-    precompiler="attention_kv.launch:precompile",
-    compile_key="attention_kv.launch:compile_key",
-    server="attention_kv.fastlaunch:KvServer",
-))
-# Warp-specialized Hopper kernel in Gluon (TMA producer warp, wgmma consumer warpgroups): sm_90 only.
-register(KernelFamily(
-    name="attention_gluon",
-    launcher="attention_gluon.launch:attention_gluon",
-    checker="attention_gluon.launch:check_config",
-    reference="reference:attention_reference",
-    space="attention_gluon",
-    dtypes=("float16", "bfloat16"),
-    jit=("attention_gluon/kernel.py:attn_fwd_ws",),
-    min_cc="9.0",
-    server="attention_gluon.launch:GluonServer",
-))
-
-
-# TEST ONLY: a family that faults on one config (tests/fault_injection.py, not shipped). get_family serves it
-# only while FLASHCORE_FAULT_INJECTION=1 and the module named here imports (the test suite puts it on the path).
+# TEST ONLY: a family that faults on one config (tests/fault_family.py, not shipped). get_family serves it only
+# while FLASHCORE_FAULT_INJECTION=1 and the module named here imports (the test suite puts it on the path).
 FAULT_INJECTION_ENV = "FLASHCORE_FAULT_INJECTION"
-FAULTY_FAMILY = KernelFamily(
-    name="attention_fwd_faulty",
-    launcher="fault_injection:attention_fwd_faulty",
-    checker="attention_fwd.launch:check_config",
-    reference="reference:attention_reference",
-    space="attention_fwd",
-    dtypes=("float16", "bfloat16"),
-    jit=("attention_fwd/kernel.py:attn_fwd",),
-)
+FAULT_INJECTION_FAMILY = "fault_family:FAMILY"
+
+
+def load_folder(module: str, folder: str | os.PathLike | None = None) -> KernelFamily:
+    """Register the family declared by ``module`` (its ``FAMILY``), with ``folder`` (default: the module's own
+    folder) as the folder that holds its ``space.toml``. ``module`` is a dotted name: of this package for its own
+    families (``load_builtin``), a top-level one for a family from elsewhere (``register_folder``)."""
+    found = importlib.import_module(module)
+    family = found.FAMILY
+    where = Path(folder) if folder is not None else Path(found.__file__).resolve().parent
+    return register(replace(family, folder=str(where)))
+
+
+def load_builtin() -> None:
+    """Register the package's own families (FAMILY_FOLDERS), once."""
+    for name in FAMILY_FOLDERS:
+        if name not in FAMILIES:
+            load_folder(f"{_PACKAGE}.{name}.family")
+
+
+def register_folder(path: str | os.PathLike) -> KernelFamily:
+    """Register the family in folder ``path`` (a folder like the package's own: ``family.py`` declaring
+    ``FAMILY``, its modules named in it as ``"<folder name>.<module>:<function>"``): the folder's parent goes on
+    ``sys.path``, so that the folder imports as a top-level package of its own name."""
+    path = Path(path).resolve()
+    parent = str(path.parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    return load_folder(f"{path.name}.family", path)
+
+
+def unregister(name: str) -> None:
+    """Remove the family ``name`` (a family registered from a folder, in tests); KeyError if it is not there."""
+    del FAMILIES[name]
 
 
 def get_family(name: str) -> KernelFamily:
     """The registered family called ``name``; KeyError with the known names otherwise.
 
-    ``attention_fwd_faulty`` (fault injection, for tests) exists only while FLASHCORE_FAULT_INJECTION=1.
+    The fault-injection family (FAULT_INJECTION_FAMILY, for tests) exists only while FLASHCORE_FAULT_INJECTION=1.
     """
     families = dict(FAMILIES)
     if os.environ.get(FAULT_INJECTION_ENV) == "1":
-        families[FAULTY_FAMILY.name] = FAULTY_FAMILY
+        faulty = _resolve(FAULT_INJECTION_FAMILY)
+        families[faulty.name] = faulty
     try:
         return families[name]
     except KeyError:
@@ -218,32 +217,52 @@ def families(kind: str | None = None) -> list[KernelFamily]:
     return [f for f in FAMILIES.values() if kind is None or f.kind == kind]
 
 
-def ensure_backend() -> None:
-    """Pick Triton's interpreter when there is no GPU, before any kernel is decorated.
+def default_families() -> tuple[str, ...]:
+    """The names of our "default" families (``KernelFamily.default``), in registry order."""
+    return tuple(f.name for f in FAMILIES.values() if f.default)
 
-    Called by the command line and the tuning machinery (never by what model code runs: get_kernel and the op
-    leave TRITON_INTERPRET as the user set it) just before a kernel module is first imported; importing this
-    package has no such side effect.
-    """
-    if "TRITON_INTERPRET" in os.environ:
-        return
-    import torch
 
-    if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"
+def default_family() -> str:
+    """The family tune_point, study-search and the command line take when none is named: the first default."""
+    return default_families()[0]
+
+
+def families_of_dtype(dtype: str) -> tuple[str, ...]:
+    """The candidate families of ours that take ``dtype`` (a base dtype: "float16", "fp8"), in registry order."""
+    return tuple(f.name for f in FAMILIES.values() if f.kind != "backend" and f.candidate and dtype in f.dtypes)
+
+
+def load_space(name: str, profile: str = "default") -> SearchSpace:
+    """The search space of family ``name`` (its folder's ``space.toml``, its rules registered) for GPU profile
+    ``profile``: the profile's ``[profiles.<profile>]`` table overrides the parameters and default where the file
+    has one (``cpu`` for the interpreter; a GPU profile's name, ``h100``, ``h200``, or a device's). SpaceError
+    when the family has no space."""
+    try:
+        family = get_family(name)
+    except KeyError:
+        raise SpaceError(f"no search space for kernel {name!r} (no such family)") from None
+    if family.folder is None or family.kind == "backend":
+        raise SpaceError(f"no search space for kernel {name!r} (kernels/<family>/space.toml)")
+    if family.rules:
+        _import(family.rules)
+    return read_space(Path(family.folder) / "space.toml", name, profile)
 
 
 def resolve(spec: str) -> Callable:
     """The function named by ``"module:function"``: a module of this package, else a top-level module (the
     test suite's families live in tests/, importable only from there)."""
     module, _, attr = spec.partition(":")
+    return getattr(_import(module), attr)
+
+
+def _import(module: str):
+    """A module of this package by its relative name, else a top-level one (families registered from a folder)."""
     try:
-        found = importlib.import_module(f"{_PACKAGE}.{module}")
+        return importlib.import_module(f"{_PACKAGE}.{module}")
     except ModuleNotFoundError as exc:
         if exc.name != f"{_PACKAGE}.{module}" and not f"{_PACKAGE}.{module}".startswith(f"{exc.name}."):
             raise
-        found = importlib.import_module(module)
-    return getattr(found, attr)
+        return importlib.import_module(module)
 
 
 _resolve = resolve

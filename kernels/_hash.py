@@ -86,13 +86,22 @@ def _closure(path: Path, name: str, seen: dict[tuple[Path, str], str]) -> None:
 
 @functools.cache
 def jit_hash(specs: tuple[str, ...]) -> str:
-    """16 hex digits over the JIT functions ``"file.py:function"`` (paths relative to ``kernels/``) and all
-    they use (see the module doc)."""
+    """16 hex digits over the JIT functions ``"file.py:function"`` (paths relative to ``kernels/``, or absolute for
+    a family registered from a folder elsewhere) and all they use (see the module doc)."""
     seen: dict[tuple[Path, str], str] = {}
     for spec in specs:
         file, _, name = spec.partition(":")
         _closure(_HERE / file, name, seen)
     digest = hashlib.sha256()
-    for (path, name), dump in sorted(seen.items(), key=lambda item: (str(item[0][0].relative_to(_HERE)), item[0][1])):
-        digest.update(f"{path.relative_to(_HERE)}:{name}\n{dump}\n".encode())
+    for (path, name), dump in sorted(seen.items(), key=lambda item: (str(_named(item[0][0])), item[0][1])):
+        digest.update(f"{_named(path)}:{name}\n{dump}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _named(path: Path) -> Path:
+    """How a file is named in the hash: relative to kernels/ (the package's families; an absolute path names a
+    family's file from a folder elsewhere, hashed under its folder and file names)."""
+    try:
+        return path.relative_to(_HERE)
+    except ValueError:
+        return Path(path.parent.name, path.name)

@@ -14,6 +14,8 @@ import hashlib
 import importlib.util
 import math
 
+from flashcore.cache import HALF_DTYPES
+
 from ._errors import KernelInputError, KernelLaunchError
 from ._family import FAMILIES, KernelFamily, register
 
@@ -307,16 +309,16 @@ def _register() -> None:
     for name in SDPA_BACKENDS:
         if name not in FAMILIES:
             register(KernelFamily(name=name, launcher=f"backends:{name}", reference="reference:attention_reference",
-                                  space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any",
+                                  space=None, dtypes=HALF_DTYPES, kind="backend", lengths="any",
                                   server=f"backends:{name}_server"))
     if SDPA not in FAMILIES:
         register(KernelFamily(name=SDPA, launcher="backends:sdpa", reference="reference:attention_reference",
-                              space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any",
+                              space=None, dtypes=HALF_DTYPES, kind="backend", lengths="any",
                               server="backends:sdpa_server", candidate=False))
     if FA4 not in FAMILIES and fa4_installed():
         register(KernelFamily(name=FA4, launcher="backends:fa4", reference="reference:attention_reference",
-                              space=None, dtypes=("float16", "bfloat16"), kind="backend", lengths="any",
-                              min_cc="9.0"))
+                              space=None, dtypes=HALF_DTYPES, kind="backend", lengths="any",
+                              needs=("tma", "warp_specialize")))  # sm_90 and newer
 
 
 _register()

@@ -33,15 +33,22 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
                         sm_scale: float | None = None, lower_right: bool = False) -> torch.Tensor:
     """Exact attention in fp32 on upcast inputs, as (B, Hq, L, D) float32.
 
-    On CUDA it uses SDPA's memory-efficient backend (fp32, no L×S matrix, so S = 32K fits); on the CPU it
-    uses SDPA's default CPU path in fp32. Rows that see no key (lower-right with L > S) come out as zeros.
+    On CUDA it uses SDPA's memory-efficient backend (fp32, no L×S matrix, so S = 32K fits; it takes the
+    lower-right bias natively); on the CPU it uses SDPA's default CPU path in fp32. Rows that see no key
+    (lower-right with L > S) come out as zeros. The one fp32 reference of every family (the attention_kv family's
+    unequal lengths and lower-right alignment included).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if sm_scale is None else sm_scale
+    lq, s = q.shape[2], k.shape[2]
     qf = q.float()
     kf, vf = _expand_kv(q, k.float(), v.float())
     mask = None
-    if causal and (lower_right and q.shape[2] != k.shape[2]):
-        mask = causal_mask(q.shape[2], k.shape[2], True, q.device)
+    if causal and lower_right and lq > s:  # some rows see no key: an explicit mask, and zeros for those rows
+        mask = causal_mask(lq, s, True, q.device)
+    elif causal and lower_right and lq != s:  # SDPA's own bias, which the efficient backend takes natively
+        from torch.nn.attention.bias import causal_lower_right
+
+        mask = causal_lower_right(lq, s)
     is_causal = causal and mask is None
     if q.is_cuda:
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -50,7 +57,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
             out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, is_causal=is_causal, scale=scale)
     else:
         out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, is_causal=is_causal, scale=scale)
-    if mask is not None:
+    if causal and lower_right and lq > s:
         out = out.masked_fill(~mask.any(dim=1)[:, None], 0.0)  # fully masked rows: zeros, never NaN
     return out
 

@@ -1,4 +1,7 @@
-"""Load a search space (TOML data + named rules) and turn it into candidate configs for a point."""
+"""Read a search space (TOML data + named rules) and turn it into candidate configs for a point.
+
+The TOML files live in the kernel families' folders (``kernels/<family>/space.toml``); this module knows none of
+them by name."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from .rules import RULES, Rule
@@ -122,27 +125,35 @@ def _ints(args: Any, n: int) -> bool:
 
 
 @cache
-def load_space(kernel: str, profile: str = "default") -> SearchSpace:
-    """The search space of ``kernel`` for GPU profile ``profile`` (its overrides applied, if it has any)."""
+def read_space(path: str | Path, kernel: str, profile: str = "default") -> SearchSpace:
+    """The search space in the TOML file ``path`` (a family's ``space.toml``) of ``kernel`` for GPU profile
+    ``profile``: its ``[profiles.<profile>]`` table, if it has one, overrides the parameters and the default.
+    The rules it names must be registered already (the family's rules module imported:
+    ``flashcore.kernels.load_space`` does that)."""
+    path = Path(path)
+    where = f"{path.parent.name}/{path.name}"
     try:
-        text = resources.files(__package__).joinpath(f"{kernel}.toml").read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpaceError(f"no search space for kernel {kernel!r} (search_spaces/{kernel}.toml)") from None
+        raise SpaceError(f"no search space for kernel {kernel!r} ({where})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SpaceError(f"search_spaces/{kernel}.toml: {exc}") from None
-    override = data.get("profiles", {}).get(profile, {})
+        raise SpaceError(f"{where}: {exc}") from None
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise SpaceError(f"{where}: [profiles.NAME] tables must hold params and default tables")
+    override = profiles.get(profile, {})
     params = {**data.get("params", {}), **override.get("params", {})}
     default = override.get("default", data.get("default"))
     unknown = [r for r in data.get("rules", []) if r not in RULES]
     if unknown:
-        raise SpaceError(f"search_spaces/{kernel}.toml names unknown rules {unknown}; known: {sorted(RULES)}")
+        raise SpaceError(f"{where} names unknown rules {unknown}; known: {sorted(RULES)}")
     if not params or not isinstance(default, dict) or set(default) != set(params):
-        raise SpaceError(f"search_spaces/{kernel}.toml: [params] and [default] must name the same parameters")
+        raise SpaceError(f"{where}: [params] and [default] must name the same parameters")
     prefer = data.get("default_prefer", {})
     if not isinstance(prefer, dict) or any(n not in params or h not in ("max", "min") for n, h in prefer.items()):
-        raise SpaceError(f"search_spaces/{kernel}.toml: default_prefer must map parameters to \"max\" or \"min\"")
+        raise SpaceError(f"{where}: default_prefer must map parameters to \"max\" or \"min\"")
     return SearchSpace(
         kernel=kernel,
         profile=profile,

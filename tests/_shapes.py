@@ -31,6 +31,6 @@ def make_key(**changes):
 def fwd_config(**changes):
     """attention_fwd's CPU default config with ``changes``: every key of its search space, as a cache row must
     hold (a row with a key missing is refused when the cache is read)."""
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     return dict(load_space("attention_fwd", "cpu").default, **changes)

@@ -1,9 +1,18 @@
 """Test setup: Triton's interpreter without a GPU (set before any kernel is decorated), and the gpu marker."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The repository root is the package flashcore (pyproject.toml's package-dir mapping), which tests import through
+# the install. `python -m pytest` puts the working directory, the root, on sys.path, where its folders would also
+# import as top-level packages of their own (transformers probes for a package called "kernels" and would import
+# ours a second time): take it off. tests/test_layout.py checks that no bare folder name gets imported.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != ROOT]
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

@@ -33,7 +33,7 @@ _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 def faulty_config(q: torch.Tensor, causal: bool) -> dict[str, Any]:
     """The config this family faults on for inputs like ``q``: the space's default at that point."""
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     b, h, s, d = q.shape
     point = SimpleNamespace(batch=b, heads=h, seq_len=s, head_dim=d, causal=bool(causal),

@@ -16,8 +16,8 @@ from flashcore.autotune import PROFILES, check
 from flashcore.kernels import KernelInputError
 from flashcore.kernels.attention_kv import launch as kv_launch
 from flashcore.kernels.attention_kv.launch import CONFIG_KEYS, attention_kv
-from flashcore.kernels.attention_kv.reference import attention_kv_naive, attention_kv_reference
-from flashcore.search_spaces import load_space
+from flashcore.kernels.reference import attention_naive, attention_reference
+from flashcore.kernels import load_space
 
 MASKS = {"full": (False, False), "causal_tl": (True, False), "causal_lr": (True, True)}
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -157,9 +157,9 @@ def test_pack_and_no_pack_agree():
 def test_reference_matches_sdpa_gqa_and_naive():
     q, k, v = make_kv_inputs(2, 8, 2, 5, 40, 32, dtype="float16")
     for mask, (causal, lower_right) in MASKS.items():
-        ref = attention_kv_reference(q, k, v, causal=causal, lower_right=lower_right)
+        ref = attention_reference(q, k, v, causal=causal, lower_right=lower_right)
         torch.testing.assert_close(ref, sdpa_truth(q, k, v, mask), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(ref, attention_kv_naive(q, k, v, causal=causal, lower_right=lower_right),
+        torch.testing.assert_close(ref, attention_naive(q, k, v, causal=causal, lower_right=lower_right),
                                    atol=1e-5, rtol=1e-5)
 
 
@@ -259,11 +259,11 @@ def kv_space(profile: str = "default"):
 
 
 def valid_configs(point, profile, space=None) -> list[dict]:
-    return (space or kv_space("cpu" if profile.interpreter else "default")).candidates(point, profile)
+    return (space or kv_space(profile.name)).candidates(point, profile)
 
 
 def default_for(point, profile, space=None) -> dict:
-    return (space or kv_space("cpu" if profile.interpreter else "default")).default_for(point, profile)
+    return (space or kv_space(profile.name)).default_for(point, profile)
 
 
 H100 = PROFILES["h100"]

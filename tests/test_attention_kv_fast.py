@@ -1,4 +1,4 @@
-"""attention_kv's served path (kernels/attention_kv/fastlaunch.py: KvServer, kernels/_fastrun.py) against the
+"""attention_kv's served path (kernels/attention_kv/fastlaunch.py: KvServer, kernels/fastrun.py) against the
 launcher and the fp32 reference, in Triton's interpreter: odd lengths, groups 1/4/7, splits, both alignments,
 outputs and workspaces poisoned with NaN; the server's own launch key against the specialization classes of the
 arguments it stands for; the repeated (keyed, pointer-int, direct) launch with Triton's launcher stubbed by one
@@ -15,8 +15,8 @@ import torch
 
 from flashcore.autotune import check
 from flashcore.kernels import KernelInputError
-from flashcore.kernels import _fastrun
-from flashcore.kernels._fastrun import FastRunner, arg_class
+from flashcore.kernels import fastrun
+from flashcore.kernels.fastrun import FastRunner, arg_class
 from flashcore.kernels.attention_kv import fastlaunch
 from flashcore.kernels.attention_kv.fastlaunch import KvServer
 from flashcore.kernels.attention_kv.kernel import attn_kv_combine, attn_kv_fwd
@@ -250,7 +250,7 @@ def test_a_decode_over_a_growing_cache_needs_few_keys_and_wide_ints_take_the_gen
 # --- the repeated launch itself, Triton's launcher stubbed by one that runs the interpreter ------------------
 
 class StubLauncher:
-    """The compiled kernel's launcher, taken for a direct one (``_fastrun._direct``): its C launch function maps
+    """The compiled kernel's launcher, taken for a direct one (``fastrun._direct``): its C launch function maps
     the pointer ints back to tensors over the memory they point into and runs the interpreter."""
 
     global_scratch_size = profile_scratch_size = 0
@@ -305,7 +305,7 @@ def test_repeated_launches_are_the_launchers_output(monkeypatch):
     monkeypatch.setattr(fastlaunch, "_COMBINE", runners[1])
     monkeypatch.setattr(fastlaunch, "_COMBINE_METAS", {})
     monkeypatch.setattr(fastlaunch, "launch_context", lambda: (0, 1234, ("keyed", 0, False, "")))
-    monkeypatch.setattr(_fastrun, "_direct_types", lambda: (StubLauncher,))
+    monkeypatch.setattr(fastrun, "_direct_types", lambda: (StubLauncher,))
     server = KvServer(config(3, True), True, True)
     cache_k, cache_v = make_kv_inputs(1, 4, 2, 1, 60, 32, seed=3)[1:]
     for step, s in enumerate((41, 42, 47, 35)):  # S and S - 1 never a multiple of 16: one class

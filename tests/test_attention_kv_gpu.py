@@ -15,7 +15,7 @@ from flashcore.autotune import check
 from flashcore.kernels import KernelError
 from flashcore.kernels.attention_kv import launch as kv_launch
 from flashcore.kernels.attention_kv.launch import attention_kv, compile_key, precompile
-from flashcore.kernels.attention_kv.reference import attention_kv_reference
+from flashcore.kernels.reference import attention_reference
 
 from test_attention_kv import CASES, MASKS, case_id, make_kv_inputs, sdpa_truth
 
@@ -100,7 +100,7 @@ def test_large_cases_match_reference(shape, mask, dtype):
         out, (q, k, v) = run_cuda(shape, mask, config, dtype)
         if ref is None:
             causal, lower_right = MASKS[mask]
-            ref = attention_kv_reference(q, k, v, causal=causal, lower_right=lower_right)
+            ref = attention_reference(q, k, v, causal=causal, lower_right=lower_right)
         verdict = check(out, ref, dtype)
         assert verdict.passed, f"{config}: {verdict.reason}"
 
@@ -108,7 +108,7 @@ def test_large_cases_match_reference(shape, mask, dtype):
 def test_reference_on_cuda_matches_sdpa_on_cpu():
     q, k, v = make_kv_inputs(2, 8, 2, 7, 300, 64)
     for mask, (causal, lower_right) in MASKS.items():
-        ref = attention_kv_reference(q.cuda(), k.cuda(), v.cuda(), causal=causal, lower_right=lower_right)
+        ref = attention_reference(q.cuda(), k.cuda(), v.cuda(), causal=causal, lower_right=lower_right)
         torch.testing.assert_close(ref.cpu(), sdpa_truth(q, k, v, mask), atol=1e-4, rtol=1e-4)
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-import flashcore.cache._migrations
-import flashcore.cache._store
+import flashcore.cache.migrations
+import flashcore.cache.store
 from flashcore.cache import SCHEMA_VERSION, CacheError, CacheKey, CacheStore, Entry, TableError, TrialRecord
-from flashcore.cache._migrations import migrate
+from flashcore.cache.migrations import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 from _shapes import make_key  # noqa: E402
@@ -158,7 +158,7 @@ def test_import_entries_invalid_entry_writes_nothing(store: CacheStore) -> None:
 
 def test_import_entries_failure_midway_rolls_back(store: CacheStore, monkeypatch: pytest.MonkeyPatch) -> None:
     store.put_winner(make_entry(make_key(heads=1), median=50.0))
-    real = flashcore.cache._store._winner_row
+    real = flashcore.cache.store._winner_row
     calls = []
 
     def failing(entry: Entry) -> dict:
@@ -167,7 +167,7 @@ def test_import_entries_failure_midway_rolls_back(store: CacheStore, monkeypatch
             raise RuntimeError("disk on fire")
         return real(entry)
 
-    monkeypatch.setattr(flashcore.cache._store, "_winner_row", failing)
+    monkeypatch.setattr(flashcore.cache.store, "_winner_row", failing)
     batch = [make_entry(make_key(heads=h), median=1.0) for h in (1, 2, 3, 4)]
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.import_entries(batch, replace=True)
@@ -250,8 +250,8 @@ def test_failed_migration_leaves_the_file_at_v1(tmp_path: Path, monkeypatch: pyt
         db.execute("ALTER TABLE winners ADD COLUMN p99_us REAL")
         raise sqlite3.OperationalError("disk I/O error")
 
-    migrations = flashcore.cache._migrations.MIGRATIONS
-    monkeypatch.setattr(flashcore.cache._migrations, "MIGRATIONS", (migrations[0], broken_v2, *migrations[2:]))
+    migrations = flashcore.cache.migrations.MIGRATIONS
+    monkeypatch.setattr(flashcore.cache.migrations, "MIGRATIONS", (migrations[0], broken_v2, *migrations[2:]))
     with pytest.raises(CacheError, match="disk I/O error"):
         CacheStore.open(path)
     monkeypatch.undo()
@@ -432,5 +432,5 @@ def test_v2_winners_that_differ_only_by_torch_collapse_to_the_fastest(tmp_path: 
         key = winners[0].key
         assert (key.kv_heads, key.kv_len, key.lower_right) == (16, 4096, False)
         assert len(s.trials(key)) == 2
-        assert flashcore.cache._migrations.key_id_v3(
+        assert flashcore.cache.migrations.key_id_v3(
             {**key.as_dict(), "causal": int(key.causal), "lower_right": int(key.lower_right)}) == key.id

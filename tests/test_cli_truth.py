@@ -17,7 +17,7 @@ from flashcore.autotune.core.profiles import CPU_GPU_NAME
 from flashcore.autotune.core.toolchain import make_key, now_iso
 from flashcore.cache import CacheStore, Entry
 from flashcore.kernels import get_family
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -156,9 +156,9 @@ def test_help_wraps_between_words_at_the_terminal_width(command: str, columns: i
 
 
 def test_the_interpreter_guard_names_every_module_with_jit_kernels() -> None:
-    from flashcore.autotune.cli.backend import _JIT_MODULES
+    from flashcore.kernels.interpreter import jit_modules
 
     with_kernels = {".".join(("flashcore", *p.relative_to(ROOT).with_suffix("").parts))
                     for p in (ROOT / "kernels").rglob("*.py")
                     if re.search(r"^@(triton|gluon)\.jit", p.read_text(encoding="utf-8"), re.M)}
-    assert with_kernels and set(_JIT_MODULES) == with_kernels
+    assert with_kernels and set(jit_modules()) == with_kernels

@@ -81,7 +81,7 @@ def test_a_precompiler_bug_leaves_the_config_to_the_timing_worker(log):
 
 def test_fp8_compile_key_runs_the_launcher_quantization_on_meta_tensors():
     from flashcore.kernels.attention_fp8.precompile import compile_key as compile_key_attention_fp8
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     config = {name: values[0] for name, values in load_space("attention_fp8").params}
     def key(shape):

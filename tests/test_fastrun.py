@@ -1,4 +1,4 @@
-"""kernels/_fastrun.py without a GPU: ``int_classes`` against ``arg_class`` and Triton's own specialization, the
+"""kernels/fastrun.py without a GPU: ``int_classes`` against ``arg_class`` and Triton's own specialization, the
 direct launch against ``CudaLauncher.__call__``, the keyed entry points (``launch`` / ``first``) with a stand-in
 JIT function and launcher, and the globals check. (The real launches are in tests/test_gpu_serving.py.)"""
 
@@ -13,8 +13,8 @@ from triton.backends.nvidia.driver import CudaLauncher
 from triton.knobs import HookChain
 
 from flashcore.kernels import KernelLaunchError
-from flashcore.kernels import _fastrun
-from flashcore.kernels._fastrun import FastRunner, _direct, _Entry, _globals_changed, _launch, arg_class, int_classes
+from flashcore.kernels import fastrun
+from flashcore.kernels.fastrun import FastRunner, _direct, _Entry, _globals_changed, _launch, arg_class, int_classes
 
 I32 = 1 << 31
 
@@ -61,9 +61,9 @@ def test_int_classes_follow_tritons_own_specialization():
 
 def test_a_planted_coarse_key_is_caught(monkeypatch):
     """The check above fails for a key that forgets the constant 1 (a plant: it must not pass)."""
-    monkeypatch.setattr(_fastrun, "int_classes",
+    monkeypatch.setattr(fastrun, "int_classes",
                         lambda ints: None if min(ints) < -I32 or max(ints) >= I32 else tuple(not x & 15 for x in ints))
-    monkeypatch.setitem(globals(), "int_classes", _fastrun.int_classes)
+    monkeypatch.setitem(globals(), "int_classes", fastrun.int_classes)
     with pytest.raises(AssertionError):
         test_int_classes_are_arg_class_one_for_one_and_none_past_32_bits()
 
@@ -127,10 +127,10 @@ def runner(direct: bool) -> FastRunner:
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "launcher"])
 def test_first_records_and_launch_repeats_with_pointer_ints(direct, monkeypatch):
-    monkeypatch.setattr(_fastrun, "driver", SimpleNamespace(active=SimpleNamespace(
+    monkeypatch.setattr(fastrun, "driver", SimpleNamespace(active=SimpleNamespace(
         get_current_device=lambda: 0, get_current_stream=lambda device: 1234)))
     r = runner(direct)
-    ctx = _fastrun.launch_context()
+    ctx = fastrun.launch_context()
     assert ctx[:2] == (0, 1234)
     assert not r.launch(ctx, "key", (4, 1, 1), (4096, 17))
     r.first(ctx, "key", (4, 1, 1), ("tensor", 17), {"BLOCK": 64, "num_warps": 4})
@@ -151,22 +151,22 @@ def test_first_records_and_launch_repeats_with_pointer_ints(direct, monkeypatch)
     # the debug knob is part of the context: another value, another key
     monkeypatch.setattr(knobs.runtime, "debug", not knobs.runtime.debug)
     r.fn.used_global_vals = {}
-    assert not r.launch(_fastrun.launch_context(), "key", (5, 2, 3), (8192, 33))
+    assert not r.launch(fastrun.launch_context(), "key", (5, 2, 3), (8192, 33))
 
 
 def test_a_launch_hook_turns_the_keyed_path_off_and_failures_are_typed(monkeypatch):
-    monkeypatch.setattr(_fastrun, "driver", SimpleNamespace(active=SimpleNamespace(
+    monkeypatch.setattr(fastrun, "driver", SimpleNamespace(active=SimpleNamespace(
         get_current_device=lambda: 0, get_current_stream=lambda device: 1234)))
     chain = HookChain()
     chain.add(lambda *a: None)
     with monkeypatch.context() as m:
         m.setattr(knobs.runtime, "launch_enter_hook", chain)
-        assert _fastrun.launch_context() is None
+        assert fastrun.launch_context() is None
         r = runner(True)
         r.first(None, "key", (1, 1, 1), ("tensor", 1), {"BLOCK": 16})
         assert (r.misses, r.fallbacks) == (0, 1)
     r = runner(False)
-    ctx = _fastrun.launch_context()
+    ctx = fastrun.launch_context()
     r.first(ctx, "key", (1, 1, 1), ("tensor", 3), {"BLOCK": 16})
 
     def fail(*args):
@@ -178,11 +178,11 @@ def test_a_launch_hook_turns_the_keyed_path_off_and_failures_are_typed(monkeypat
 
 
 def test_keyed_and_generic_keys_share_one_bounded_lru(monkeypatch):
-    monkeypatch.setattr(_fastrun, "MAX_ENTRIES", 3)
-    monkeypatch.setattr(_fastrun, "driver", SimpleNamespace(active=SimpleNamespace(
+    monkeypatch.setattr(fastrun, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(fastrun, "driver", SimpleNamespace(active=SimpleNamespace(
         get_current_device=lambda: 0, get_current_stream=lambda device: 1234)))
     r = runner(False)
-    ctx = _fastrun.launch_context()
+    ctx = fastrun.launch_context()
     for i in range(3):
         r.first(ctx, i, (1, 1, 1), ("tensor", 3), {"BLOCK": 16})
     assert r.launch(ctx, 0, (1, 1, 1), (1, 3))  # 0 used again: 1 is the oldest

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from flashcore.autotune import PROFILES, Point, get_grid
-from flashcore.autotune.tuning.fp8_gate import EMULATION_FACTOR, check_fp8, report_fp8
+from flashcore.kernels.attention_fp8.gate import EMULATION_FACTOR, check_fp8, report_fp8
 from flashcore.autotune.tuning.inputs import make_inputs
-from flashcore.cache._tables import _config
+from flashcore.cache.table_format import _config
 from flashcore.kernels import KernelInputError, get_family
 from flashcore.kernels.attention_fp8.reference import attention_fp8_emulated
 from flashcore.kernels.attention_fp8.quant import (FP8_DTYPE, Recipe, dequantize, expand_scales, quantize, scales_for, smooth)
 from flashcore.kernels.reference import attention_reference
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 RECIPES = {
     "probe-per-tensor": Recipe(q_scale="tensor", k_scale="tensor", v_scale="tensor"),

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flashcore.autotune.tuning.fp8_gate import check_fp8, report_fp8
+from flashcore.kernels.attention_fp8.gate import check_fp8, report_fp8
 from flashcore.autotune.tuning.inputs import make_inputs
 from flashcore.autotune.core.problem import Point
 from flashcore.kernels.attention_fp8.kernel import _round_e4m3

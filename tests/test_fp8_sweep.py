@@ -9,8 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from flashcore.autotune import PROFILES, Point, get_kernel, resolve_profile
-from flashcore.autotune.evaluation.bench_fp8 import FP8_PROVIDERS, with_outliers
-from flashcore.autotune.tuning.fp8_gate import check_fp8, rel_l2
+from flashcore.autotune.evaluation.bench_fp8 import FP8_PROVIDERS
+from flashcore.kernels.attention_fp8.trial import with_outliers
+from flashcore.kernels.attention_fp8.gate import check_fp8, rel_l2
 from flashcore.autotune.tuning.inputs import make_inputs
 from flashcore.autotune.tuning.trial import prepare, run_trial
 from flashcore.autotune.cli.app import app
@@ -19,8 +20,9 @@ from flashcore.kernels import get_family
 from flashcore.kernels.attention_fp8.reference import attention_fp8_emulated
 from flashcore.kernels.attention_fp8.quant import Recipe
 from flashcore.kernels.reference import attention_reference
-from flashcore.search_spaces import load_space
-from flashcore.search_spaces.rules import QK_FP8_ERROR_FLOOR, shared_bytes
+from flashcore.kernels import load_space
+from flashcore.kernels.attention_fp8.rules import QK_FP8_ERROR_FLOOR
+from flashcore.search_spaces.rules import shared_bytes
 from flashcore.autotune.tuning.options import SweepOptions
 
 CPU = PROFILES["cpu"]
@@ -97,7 +99,7 @@ CONFIG = dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1, CAUSAL_SPLIT=Tr
 
 def test_fp8_points_get_the_fp8_gate_and_its_figures():
     ctx = _ctx(Point(1, 2, 45, 64, True, "fp8"))
-    assert ctx.fp8_tol == 0.1 and ctx.q.dtype == torch.float16
+    assert ctx.hooks is get_family("attention_fp8").trial_hooks() and ctx.q.dtype == torch.float16
     outcome = run_trial(ctx, CONFIG, rep_ms=1)
     assert outcome.status == "ok", outcome.reason
     assert 2e-3 < outcome.rel_err < 0.1  # far outside the fp16 gate (2e-3): the FP8 gate passed it

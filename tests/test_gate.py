@@ -10,7 +10,7 @@ from flashcore.autotune import PROFILES, Point, TOLERANCES, check
 from flashcore.autotune.tuning.inputs import make_inputs
 from flashcore.autotune.tuning.trial import prepare, run_trial
 from flashcore.kernels.reference import attention_reference
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 from planted import BUGS, make_launcher
 

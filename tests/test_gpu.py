@@ -16,7 +16,7 @@ from flashcore.cache import CacheStore
 from flashcore.kernels import KernelError
 from flashcore.kernels.attention_fwd.launch import attention_fwd, compile_info, tma_ready
 from flashcore.kernels.reference import attention_reference
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 from flashcore.autotune.tuning.options import SweepOptions
 
 from _shapes import shape_id
@@ -228,7 +228,7 @@ def test_tma_launch_from_a_new_thread_sets_its_allocator():
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, CAUSAL_SPLIT=True, LOADS="host_tma"),
 ], ids=["default", "M128-N128-device-tma", "M128-N64-host-tma"])
 def test_configs_the_rules_accept_compile_without_spills(config):
-    from flashcore.search_spaces import load_space as _load
+    from flashcore.kernels import load_space as _load
 
     point = Point(4, 16, 8192, 128, True)
     profile = resolve_profile("auto")

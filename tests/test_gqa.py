@@ -142,10 +142,10 @@ def test_a_wrong_backend_is_rejected_by_the_gate_and_a_right_one_recorded(tmp_pa
 def test_get_kernel_serves_the_fastest_candidate_and_own_excludes_backends(tmp_path, monkeypatch):
     from flashcore.autotune.core.toolchain import make_key
     from flashcore.cache import Entry
-    from flashcore.kernels import _family
+    from flashcore.kernels import FAMILIES
 
     backend = _cpu_backend("sdpa_planted", False)
-    monkeypatch.setitem(_family.FAMILIES, backend.name, backend)
+    monkeypatch.setitem(FAMILIES, backend.name, backend)
     point = Point(1, 6, 45, 32, True, kv_heads=2)
     db = tmp_path / "c.db"
     with CacheStore.open(db) as store:
@@ -162,7 +162,7 @@ def test_get_kernel_serves_the_fastest_candidate_and_own_excludes_backends(tmp_p
     assert check(served(q, k, v), _truth(q, k, v, is_causal=True), "float16").passed
     # another torch build: the backend's entry is stale (its speed and correctness depend on the build)
     stale = dataclasses.replace(backend, name="sdpa_planted_other")
-    monkeypatch.setitem(_family.FAMILIES, stale.name, stale)
+    monkeypatch.setitem(FAMILIES, stale.name, stale)
     assert get_family("sdpa_planted").kernel_hash() != "0" * 16
 
 

@@ -109,7 +109,7 @@ def test_max_entries_out_of_range_is_a_usage_error(tmp_path, value):
 
 
 def test_over_the_formats_own_limit_says_split_it(tmp_path, monkeypatch):
-    import flashcore.cache._tables as tables  # the format's bound made small, to test the message cheaply
+    import flashcore.cache.table_format as tables  # the format's bound made small, to test the message cheaply
 
     monkeypatch.setattr(tables, "MAX_ENTRIES", 2)
     done = invoke(write_table(tmp_path / "t.json", 3), "--db", tmp_path / "team.db", "--max-entries", 5)

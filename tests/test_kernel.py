@@ -180,7 +180,7 @@ def test_bad_configs_raise_typed_errors(config, match):
 
 
 def test_config_keys_are_the_search_space_parameters():
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     for profile in ("default", "cpu"):
         assert set(load_space("attention_fwd", profile).param_values) == CONFIG_KEYS

@@ -29,7 +29,7 @@ from flashcore.autotune.runtime.index import (cache_index, exact_key, group_key,
 from flashcore.autotune.runtime.paths import resolve_db
 from flashcore.cache import CacheStore, Entry, TableError, read_table, write_json
 from flashcore.kernels import families, get_family
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 GPU = "NVIDIA H200 (test)"  # an H200 by its profile, and no shipped table's entries
 OWN_REACH, OWN_MARGIN = 2.0, 0.97  # dispatch's, restated: the rule below is written out in full

@@ -18,8 +18,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cache", "kernels", "search_spaces", "autotune")  # the repository's folders, flashcore.<name>
-# Lower layers first: a module may import its own layer or a lower one, never a higher one.
-LAYERS = ("cache", "kernels", "search_spaces", "autotune.core", "autotune.runtime", "autotune.integrations",
+# Lower layers first: a module may import its own layer or a lower one, never a higher one. search_spaces sits
+# below kernels (issue 20): it is the generic machinery (the TOML reader, the rule framework and shared rules, the
+# architecture records), and each family's folder under kernels/ holds its own space.toml and rules.py, which
+# build on it; so the machinery may not know the families, and the families may use it.
+LAYERS = ("cache", "search_spaces", "kernels", "autotune.core", "autotune.runtime", "autotune.integrations",
           "autotune.tuning", "autotune.evaluation", "autotune.cli")
 SAME_LEVEL = {"autotune.integrations": "autotune.runtime"}  # integrations sit on the run-time path
 MAX_LINES = 420
@@ -142,7 +145,7 @@ def test_the_wheel_installs_exactly_one_top_level_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"flashcore"}, tops
-    assert "flashcore/cache/tables/h100-float16.json" in names and "flashcore/search_spaces/attention_fwd.toml" in names
+    assert "flashcore/cache/tables/h100-float16.json" in names and "flashcore/kernels/attention_fwd/space.toml" in names
     assert not [n for n in names if "fault_injection" in n or n.startswith("flashcore/tests")]  # test-only code
 
 
@@ -314,3 +317,91 @@ def test_every_module_path_named_in_code_and_docs_exists():
             allowed = allowed.union(*_IN_JIT_SOURCE.values(), {"autotune._worker", "kernels/quant.py"})
         stale += [f"{rel}:{n}: {m}" for n, m in refs if m not in allowed]
     assert not stale, "names of modules or files that do not exist:\n" + "\n".join(stale)
+
+
+# -- a kernel family is one folder; tests and tools see only flashcore.* ---------------------------------------
+
+FAMILY_DIRS = sorted(p.parent.name for p in (ROOT / "kernels").glob("*/family.py"))
+_FAMILY_RE = re.compile(rf"\b({'|'.join(FAMILY_DIRS)})\b")
+REGISTRY_LIST = ("kernels/_family.py", "FAMILY_FOLDERS")  # the one list of the package's families
+
+
+def _names_in_code(path: Path):
+    """(line, text) of each name and string of ``path``'s code: comments and docstrings (bare string statements)
+    left out, which may name anything."""
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    prose = {(n.lineno, n.col_offset) for n in ast.walk(tree)
+             if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)}
+    kinds = (tokenize.NAME, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", -1))
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type in kinds and tok.start not in prose:
+            yield tok.start[0], tok.string
+
+
+def _registry_lines() -> set[int]:
+    path, name = REGISTRY_LIST
+    for node in ast.parse((ROOT / path).read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return set(range(node.lineno, node.end_lineno + 1))
+    return set()
+
+
+def test_no_module_outside_a_family_folder_names_a_family():
+    """Generic code (the registry, the tuner, the runtime, the command line) knows families only through the
+    registry: outside ``kernels/<family>/`` no code names one, but the one list in kernels/_family.py."""
+    assert len(FAMILY_DIRS) >= 4, FAMILY_DIRS
+    allowed = _registry_lines()
+    assert allowed, f"{REGISTRY_LIST} not found"
+    bad = []
+    for path in _modules().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.split("/")[:2] in [["kernels", d] for d in FAMILY_DIRS]:
+            continue
+        for line, text in _names_in_code(path):
+            if _FAMILY_RE.search(text) and not (rel == REGISTRY_LIST[0] and line in allowed):
+                bad.append(f"{rel}:{line}: {text}")
+    assert not bad, "family names outside their folders:\n" + "\n".join(bad)
+
+
+def _test_files() -> list[Path]:
+    return sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")])
+
+
+def test_no_test_imports_a_private_module():
+    """Tests and tools use the public modules (a private one's names are re-exported where they belong)."""
+    modules = _modules()
+    bad = []
+    for path in _test_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                base = node.module or ""
+                targets = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}".removeprefix(
+                    "flashcore.") in modules]
+            else:
+                continue
+            for name in targets:
+                parts = name.split(".")
+                if parts[0] == "flashcore" and any(p.startswith("_") for p in parts[1:]):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert not bad, bad
+
+
+def test_tests_and_tools_see_only_flashcore():
+    """The repository root is the package ``flashcore`` (pyproject.toml's package-dir mapping): tests and tools
+    import ``flashcore.<folder>``, never a folder as a top-level package of its own."""
+    bad = [f"{path.relative_to(ROOT)}:{node.lineno}" for path in _test_files()
+           for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+           if isinstance(node, ast.Import) and any(a.name.split(".")[0] in PACKAGES for a in node.names)
+           or isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in PACKAGES]
+    assert not bad, bad
+    assert not [m for m in PACKAGES if m in sys.modules], "a folder was imported as a top-level package"
+
+
+def test_the_planted_family_test_exists():
+    """Adding a family is adding a folder: tests/test_planted_family.py registers one from a temporary folder
+    and sweeps it on the CPU (it passes with the rest of the suite)."""
+    text = (ROOT / "tests" / "test_planted_family.py").read_text(encoding="utf-8")
+    assert "register_folder(" in text and "sweep(" in text

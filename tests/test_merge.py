@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import flashcore.cache._merge
+import flashcore.cache.merge
 from flashcore.autotune.cli.app import app
 from flashcore.cache import CacheError, CacheKey, CacheStore, Entry, MergeReport, TrialRecord, merge_caches
 
@@ -66,7 +66,7 @@ def state(path: Path) -> tuple[bytes, list[str]]:
 
 def trial_multiset(path: Path) -> Counter:
     with CacheStore.open(path) as store:
-        return Counter(flashcore.cache._merge._trial_identity(rec) for rec in store.trials())
+        return Counter(flashcore.cache.merge._trial_identity(rec) for rec in store.trials())
 
 
 def invoke(*args: object):
@@ -88,7 +88,7 @@ def test_fastest_winner_per_key_and_every_trial_once(pair: tuple[Path, Path], tm
     assert (winners[SPLIT].median_us, winners[SPLIT].config["BLOCK_M"]) == (30.0, 32)  # B was faster
     assert winners[SHARED].p99_us == pytest.approx(12.0)
     expected = trial_multiset(a) | trial_multiset(b)  # union: the common trial once
-    assert Counter(flashcore.cache._merge._trial_identity(t) for t in trials) == expected
+    assert Counter(flashcore.cache.merge._trial_identity(t) for t in trials) == expected
     assert len(trials) == 6 and trials.count(COMMON_TRIAL) == 1
     assert {t.extra["host"] for t in trials} == {"a", "b", "common"}
     summary_a, summary_b = report.inputs
@@ -120,7 +120,7 @@ def test_repeats_within_one_input_are_kept(tmp_path: Path) -> None:
     failed = trial(ONLY_A, None, study="", status="resources", when="")
     a = build(tmp_path / "a.db", [], [failed, failed, trial(ONLY_A, 1)])
     report = merge_caches([a, a], tmp_path / "out.db")
-    assert report.trials == 3 and trial_multiset(tmp_path / "out.db")[flashcore.cache._merge._trial_identity(failed)] == 2
+    assert report.trials == 3 and trial_multiset(tmp_path / "out.db")[flashcore.cache.merge._trial_identity(failed)] == 2
 
 
 def test_v1_input_is_read_through_a_migrated_copy(pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -226,7 +226,7 @@ def test_failure_while_writing_leaves_out_untouched(pair, tmp_path: Path, monkey
     def broken(rec: TrialRecord) -> dict:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(flashcore.cache._merge, "_trial_row", broken)
+    monkeypatch.setattr(flashcore.cache.merge, "_trial_row", broken)
     with pytest.raises(CacheError, match="No space left on device"):
         merge_caches([out, b], out)
     assert state(out) == before

@@ -18,7 +18,7 @@ from flashcore.autotune import PROFILES, Point, attention, get_kernel
 from flashcore.autotune.core.toolchain import make_key, now_iso
 from flashcore.cache import CacheStore, Entry
 from flashcore.kernels import get_family
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 GPU = "NVIDIA H200 (test)"  # an H200 by its profile, but none of the shipped tables' entries
 TUNED = Point(2, 8, 1024, 64, True)  # where the cache below was "tuned"

@@ -28,11 +28,11 @@ from flashcore.autotune.runtime.index import usable
 from flashcore.autotune.runtime.misses import misses_path, read_misses
 from flashcore.autotune.tuning.inputs import make_inputs
 from flashcore.cache import CacheStore, Entry
-from flashcore.cache._migrations import migrate
-from flashcore.cache._store import _winner_row
+from flashcore.cache.migrations import migrate
+from flashcore.cache.store import _winner_row
 from flashcore.kernels import get_family
 from flashcore.kernels.reference import attention_reference
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 from _procs import child_env
 from test_dispatch import entry as dispatch_entry
@@ -182,7 +182,7 @@ def _family_entry(kernel: str, gpu: str, point: Point, config: dict | None = Non
     family = get_family(kernel)
     profile = CPU if gpu == "cpu-interpreter" else PROFILES["h100"]
     if config is None:
-        config = load_space(family.space, "cpu" if profile.interpreter else "default").default_for(point, profile)
+        config = load_space(family.space, profile.name).default_for(point, profile)
     key = make_key(point, family, gpu, profile.compute_capability)
     return Entry(key, config, 10.0, 11.0, 12.0, 1.0, 1e-4, "2026-01-01T00:00:00+00:00")
 

@@ -31,8 +31,8 @@ from flashcore.autotune.tuning.worker import PointClaim, TrialWorker
 from flashcore.autotune.cli.app import app
 from flashcore.cache import CacheStore, Entry
 from flashcore.kernels import KernelFamily, get_family
-from flashcore.kernels._family import FAULTY_FAMILY
-from flashcore.search_spaces import load_space
+from fault_family import FAMILY as FAULTY_FAMILY
+from flashcore.kernels import load_space
 from flashcore.autotune.tuning.options import Hooks, SweepOptions
 
 from _shapes import fwd_config

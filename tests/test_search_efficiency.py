@@ -21,7 +21,7 @@ from flashcore.autotune.core.toolchain import make_key
 from flashcore.autotune.cli.app import app
 from flashcore.cache import CacheStore, Entry
 from flashcore.kernels import KernelCompileError, KernelResourceError, get_family
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 from flashcore.autotune.tuning.options import Hooks, SweepOptions
 
 CPU = PROFILES["cpu"]

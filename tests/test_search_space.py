@@ -3,10 +3,13 @@
 import pytest
 
 from flashcore.autotune import PROFILES, Point, get_grid
-from flashcore.search_spaces import RULES, SpaceError, expand, load_space
-from flashcore.search_spaces.rules import (heads_first_needs_query_blocks, persistent_needs_waves, register_budget,
-                                 registers_per_thread, reverse_needs_causal, shared_bytes, shared_memory_budget,
-                                 tma_needs_aligned_rows, warp_specialize_needs_8_warps, warpgroups_own_rows)
+from flashcore.search_spaces import RULES, SpaceError, expand
+from flashcore.kernels import load_space
+from flashcore.kernels.attention_fwd.rules import (heads_first_needs_query_blocks, persistent_needs_waves,
+                                                  reverse_needs_causal, tma_needs_aligned_rows,
+                                                  warp_specialize_needs_8_warps)
+from flashcore.search_spaces.rules import (register_budget, registers_per_thread, shared_bytes, shared_memory_budget,
+                                           warpgroups_own_rows)
 
 H100 = PROFILES["h100"]
 
@@ -112,7 +115,7 @@ def test_tma_rule_needs_16_byte_rows(d, dtype, ok):
 
 
 def test_tma_needs_long_sequences():
-    from flashcore.search_spaces.rules import tma_needs_long_sequences
+    from flashcore.kernels.attention_fwd.rules import tma_needs_long_sequences
 
     for loads in ("device_tma", "host_tma"):
         assert "S=512" in tma_needs_long_sequences(_cfg(LOADS=loads), Point(32, 8, 512, 64), H100)

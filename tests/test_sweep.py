@@ -9,7 +9,7 @@ from flashcore.autotune import PROFILES, Point, check
 from flashcore.autotune.tuning.sweep import sweep, tune_point
 from flashcore.cache import CacheStore
 from flashcore.kernels import KernelCompileError, KernelResourceError
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 from flashcore.autotune.tuning.options import SweepOptions
 
 CPU = PROFILES["cpu"]

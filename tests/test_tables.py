@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import flashcore.cache._tables
+import flashcore.cache.table_format
 from flashcore.cache import (
     FORMAT_VERSION,
     CacheError,
@@ -28,7 +28,7 @@ from flashcore.cache import (
     write_csv,
     write_json,
 )
-from flashcore.cache._tables import FIELDS
+from flashcore.cache.table_format import FIELDS
 
 SQL_GPU = "x'); DROP TABLE winners;--"
 
@@ -266,7 +266,7 @@ def test_raw_file_contents(tmp_path: Path, content: bytes, message: str | None) 
 
 
 def test_too_many_entries_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flashcore.cache._tables, "MAX_ENTRIES", 2)
+    monkeypatch.setattr(flashcore.cache.table_format, "MAX_ENTRIES", 2)
     with pytest.raises(TableError, match=r"entries: expected at most 2 entries, got 3"):
         parse_table(valid_table())
 
@@ -274,7 +274,7 @@ def test_too_many_entries_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_oversized_file_rejected_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.json"
     path.write_bytes(b" " * 2048)
-    monkeypatch.setattr(flashcore.cache._tables, "MAX_FILE_BYTES", 1024)
+    monkeypatch.setattr(flashcore.cache.table_format, "MAX_FILE_BYTES", 1024)
     monkeypatch.setattr(Path, "open", lambda *a, **k: pytest.fail("read an oversized file"))
     with pytest.raises(TableError, match=r"too large"):
         read_table(path)

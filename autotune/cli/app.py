@@ -66,7 +66,7 @@ def sweep(
                                                   "family (default 30 on a GPU, 6 on cpu).")] = None,
     db: DbOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the Optuna sampler and the inputs.")] = 0,
-    dtype: Annotated[Optional[str], typer.Option(help="float16, bfloat16, or fp8 (the FP8 kernel attention_fp8 on "
+    dtype: Annotated[Optional[str], typer.Option(help="float16, bfloat16, or fp8 (the FP8 kernel family on "
                                                       "16-bit inputs, gated by an error budget: see --fp8-tol). "
                                                       "Default: the grid's dtypes (float16 and bfloat16 for every "
                                                       "grid but smoke).", show_default=False)] = None,
@@ -79,8 +79,9 @@ def sweep(
     kernel: Annotated[str, typer.Option(help="Candidates to tune, comma-separated: auto (every kernel family of "
                                              "ours that can compute a point, and on a GPU the backends "
                                              "sdpa_cudnn, sdpa_flash, sdpa_efficient and fa4 where installed; "
-                                             "attention_fp8 with --dtype fp8), or names such as attention_fwd "
-                                             "or sdpa_cudnn.")] = "auto",
+                                             "the FP8 family with --dtype fp8), or names: of our kernel families "
+                                             "(the folders of kernels/) or of backends such as "
+                                             "sdpa_cudnn.")] = "auto",
     rep_ms: Annotated[int, typer.Option(min=1, max=10000, help="Timing window per trial on a GPU, in ms "
                                         "(triton.testing.do_bench's rep; 25 ms of warm-up come first).")] = 100,
     from_misses: Annotated[bool, typer.Option("--from-misses", help="Tune the shapes get_kernel served by "
@@ -165,12 +166,14 @@ def bench(
 ) -> None:
     """Compare our own best kernel and the served candidate (ours or a backend) with PyTorch SDPA's flash, cudnn and
     efficient backends on every point of a grid, on the same inputs: times, TF/s, errors against fp32, ratios."""
-    from ..tuning.dtypes import FP8_FAMILY, resolve_dtype
+    from flashcore.kernels import families_of_dtype
+
+    from ..tuning.dtypes import resolve_dtype
     from .bench import run_bench_cli
 
     with domain_errors():
         dtype, kernels = resolve_dtype(dtype, fp8_tol, kernel)
-        if kernels == (FP8_FAMILY,):
+        if kernels and kernels == families_of_dtype("fp8"):
             from .bench_fp8 import run_bench_fp8_cli
 
             run_bench_fp8_cli(gpu=gpu, grid=grid, db=db, fp16_db=fp16_db, dtype=dtype, out=out, plot=plot,
@@ -207,12 +210,14 @@ def study_search(
     """Time every valid config of each point once (gated), then replay the sweep's TPE search and random search
     on those timings: trials needed per seed to get within 3% of the exhaustive best. Writes nothing to the cache.
     """
-    from ..tuning.dtypes import FP8_FAMILY, FP16_FAMILY, resolve_dtype
+    from flashcore.kernels import default_family
+
+    from ..tuning.dtypes import resolve_dtype
     from .study import run_study_cli
 
     with domain_errors():
-        if resolve_dtype(dtype)[1] == (FP8_FAMILY,):
-            raise AutotuneError(f"study-search studies the fp16 kernel ({FP16_FAMILY}); --dtype {dtype} is not "
+        if resolve_dtype(dtype)[1] is not None:
+            raise AutotuneError(f"study-search studies the fp16 kernel ({default_family()}); --dtype {dtype} is not "
                                 "supported")
         run_study_cli(gpu=gpu, grid=grid, seeds=seeds, out=out, plot=plot, dtype=dtype, rep_ms=rep_ms,
                       compile_workers=compile_workers)
@@ -264,7 +269,7 @@ def export(
 
 
 # `autotune import` takes tables of at most IMPORT_MAX_ENTRIES entries unless --max-entries says more, up to the
-# table format's own bound (cache._tables.MAX_ENTRIES, repeated here: importing flashcore.cache costs `autotune
+# table format's own bound (cache.table_format.MAX_ENTRIES, repeated here: importing flashcore.cache costs `autotune
 # --help` 0.3 s): every process that serves from a cache reads all of it on its first get_kernel, and an import
 # of 100,000 winners took 15 s and 432 MB on the H200 host, the first get_kernel on that cache 2.5 s. A sweep of
 # every grid on one GPU is about 3,000 winners per toolchain.

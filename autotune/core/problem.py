@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from flashcore.cache import normalize_problem
+from flashcore.cache import HALF_DTYPES, normalize_problem
 
-_TORCH_DTYPES = ("float16", "bfloat16")
+_TORCH_DTYPES = HALF_DTYPES
 
 
 @dataclass(frozen=True, order=True)

@@ -2,16 +2,19 @@
 
 The facts (SM count, shared memory a block may opt in to, compute capability) come from the device
 (``torch.cuda.get_device_properties``, through ``kernels._common.device_facts``) whenever one is present; the
-named profiles only add what a device cannot say (which names match it) and hold an H100 SXM's / H200's facts
-for planning on a machine without one. Any NVIDIA GPU of compute capability 8.0 or newer gets a profile
-(``--gpu auto``); the Hopper-only variants (tensor descriptors, warp specialization, the Gluon family) are ruled
-out below 9.0 by named rules.
+named profiles only add what a device cannot say (which names match it) and take the planning figures of their
+architecture's record (``search_spaces.arch``) for a machine without one. Any NVIDIA GPU of compute capability 8.0
+or newer gets a profile (``--gpu auto``); what an architecture lacks (tensor descriptors, warp specialization,
+wgmma: the Gluon family) is ruled out by named rules and families' ``needs``, which read the profile's ``arch``.
+A profile's name also picks its ``[profiles.<name>]`` table in a family's space.toml, where the file has one.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+
+from flashcore.search_spaces.arch import ARCHS, INTERPRETER, Arch, arch_of, cc_tuple
 
 from .errors import AutotuneError
 
@@ -31,22 +34,29 @@ class GpuProfile:
     interpreter: bool = False
 
     @property
-    def hopper(self) -> bool:
-        """Whether Hopper's instructions (TMA, wgmma, setmaxnreg) exist here."""
-        return not self.interpreter and _cc(self.compute_capability) >= (9, 0)
+    def arch(self) -> Arch:
+        """The architecture record of this profile's compute capability (``search_spaces.arch``): what exists
+        there (wgmma, TMA, warp specialization) and its limits; every rule reads it."""
+        return INTERPRETER if self.interpreter else arch_of(self.compute_capability)
+
+
+def _planned(name: str, match: tuple[str, ...], arch: Arch) -> GpuProfile:
+    """A named profile for planning without the device: its architecture record's figures (the device's own
+    replace them whenever it is present, ``device_profile``)."""
+    return GpuProfile(name, match, arch.compute_capability, arch.smem_per_block, arch.sm_count)
 
 
 PROFILES: dict[str, GpuProfile] = {
-    "h100": GpuProfile("h100", ("H100",), "9.0", 232448, 132),
-    "h200": GpuProfile("h200", ("H200",), "9.0", 232448, 132),
-    "cpu": GpuProfile("cpu", (), "cpu", 1 << 30, 1, interpreter=True),
+    # H100 SXM and H200: one architecture (sm_90), 132 SMs each; they differ in memory, which no rule reads
+    "h100": _planned("h100", ("H100",), ARCHS["9.0"]),
+    "h200": _planned("h200", ("H200",), ARCHS["9.0"]),
+    "cpu": GpuProfile("cpu", (), INTERPRETER.compute_capability, INTERPRETER.smem_per_block, INTERPRETER.sm_count,
+                      interpreter=True),
 }
 PROFILE_CHOICES = ("auto", *PROFILES)
 
 
-def _cc(text: str) -> tuple[int, int]:
-    major, _, minor = text.partition(".")
-    return (int(major), int(minor or 0)) if major.isdigit() else (0, 0)
+_cc = cc_tuple
 
 
 def cuda_device() -> tuple[str, str] | None:

@@ -5,11 +5,11 @@ Library part only (no typer, no printing), in the JSON form of ``autotune.evalua
 of the fp16 bench):
 
 - ``fp8``: the FP8 kernel alone on inputs quantized beforehand with its recipe (what the sweep times);
-- ``fp8_e2e``: quantization (the Triton quantizer, kernels/attention_fp8/quant_launch.py) plus kernel from the
-  16-bit inputs (what ``get_kernel`` serves);
-- ``tuned``: the tuned fp16 ``attention_fwd`` (the kernel attention_fp8 is built on) as ``get_kernel`` serves it
+- ``fp8_e2e``: quantization (the family's Triton quantizer) plus kernel from the 16-bit inputs (what
+  ``get_kernel`` serves); both columns come from the FP8 family's trial hooks (``bench_figures``);
+- ``tuned``: the tuned fp16 family the FP8 one is built on (its hooks' ``baseline``) as ``get_kernel`` serves it
   from the fp16 cache (``fp16_db``) when asked for that family: where its fastest candidate is a backend or
-  another family (the H200 tables serve cuDNN or Gluon at many points), their configs are not attention_fwd's;
+  another family (the H200 tables serve cuDNN or Gluon at many points), their configs are not the baseline's;
   the backends have columns of their own;
 - ``flash``, ``cudnn``, ``efficient``: SDPA with one backend forced (refused on the CPU).
 
@@ -17,15 +17,13 @@ Each has ``p_us``, ``p_p95_us``, ``p_tflops`` and ``p_rel_err`` (relative L2 err
 the unquantized inputs; null where refused). The FP8 config comes from ``get_kernel`` under the point's error
 budget (its dtype label); the row names its ``recipe``, ``fp8_tol``, the FP8 gate's figures (``fp8_cosine``,
 ``fp8_rmse_over_rms_v``, ``fp8_emulated_rel_err``) and ``fp8_outlier_rel_err``: the same recipe's error on the
-same inputs with a few values 100x larger (``with_outliers``). An FP8 output outside the gate is still timed,
+same inputs with a few values 100x larger (the hooks' ``with_outliers``). An FP8 output outside the gate is still timed,
 with the verdict in ``errors``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ import torch
 from flashcore.kernels import KernelError
 from flashcore.kernels.reference import attention_reference
 
-from ..core.numbers import finite, geomean
+from ..core.numbers import geomean
 from .bench import CPU_TIMING, CUDA_TIMING, FIGURES, SDPA_BACKENDS, _positive, bench_tuned_and_sdpa
 from ..runtime.dispatch import get_kernel
 from ..core.problem import Point
@@ -46,68 +44,34 @@ from ..core.toolchain import provenance
 
 FP8_PROVIDERS = ("fp8", "fp8_e2e", "tuned", *SDPA_BACKENDS)
 RATIOS = ("tuned_over_fp8", "tuned_over_fp8_e2e", "best_sdpa_over_fp8")
-OUTLIERS = 8  # values per tensor (q, k, v) made OUTLIER_FACTOR times larger
-OUTLIER_FACTOR = 100.0
-
-Row = dict[str, Any]
 
 
-def with_outliers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: int = 0, n: int = OUTLIERS,
-                  factor: float = OUTLIER_FACTOR) -> tuple[torch.Tensor, ...]:
-    """Copies of q, k, v with ``n`` seeded random elements of each multiplied by ``factor`` (same on any device)."""
-    gen = torch.Generator().manual_seed(zlib.crc32(f"outliers:{seed}:{tuple(q.shape)}".encode()))
-    out = []
-    for x in (q, k, v):
-        y = x.clone(memory_format=torch.contiguous_format)
-        flat = y.view(-1)
-        idx = torch.randint(0, x.numel(), (n,), generator=gen).to(y.device)
-        flat[idx] = (flat[idx].float() * factor).to(y.dtype)
-        out.append(y)
-    return tuple(out)
+def fp8_family():
+    """The FP8 family (the registry's family of dtype "fp8") and its trial hooks, which give its bench columns."""
+    from flashcore.kernels import families_of_dtype, get_family
+
+    names = families_of_dtype("fp8")
+    if not names:
+        raise ValueError("no kernel family takes dtype fp8")
+    family = get_family(names[0])
+    return family, family.trial_hooks()
 
 
 def fp8_figures(point: Point, config: dict[str, Any], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 ref: torch.Tensor, *, tol: float, cuda: bool, rep_ms: int, outliers: bool = True,
                 seed: int = 0) -> tuple[Row, dict[str, str]]:
-    """The ``fp8`` and ``fp8_e2e`` figures of ``config`` on these inputs, its recipe and FP8 gate figures, and
-    (``outliers``) its error with outliers planted; (figures, errors). KernelError propagates (a refusal)."""
-    from flashcore.kernels.attention_fp8.reference import emulate_quantized
-    from flashcore.kernels.attention_fp8.launch import attention_fp8_quantized, check_config, recipe_of
-    from flashcore.kernels.attention_fp8.quant import quantize
-    from flashcore.kernels.attention_fp8.quant_launch import attention_fp8_fused
+    """The FP8 family's bench columns of ``config`` on these inputs (its hooks' ``bench_figures``: ``fp8``,
+    ``fp8_e2e``, the recipe, the FP8 gate's figures under ``tol``, the error with outliers planted); (figures,
+    errors). KernelError propagates (a refusal)."""
+    _, hooks = fp8_family()
+    row: Row = {}
 
-    from ..tuning.fp8_gate import cosine, rel_l2, report_fp8
+    def time_fn(name: str, fn: Callable[[], Any]) -> None:
+        _time(row, name, point, fn, cuda, rep_ms)
 
-    check_config(config)
-    recipe = recipe_of(config)
-    row: Row = {"recipe": recipe.label, "fp8_tol": tol}
-    errors: dict[str, str] = {}
-    causal, bm, bn = point.causal, config["BLOCK_M"], config["BLOCK_N"]
-    qi = quantize(q, k, v, recipe, bm, bn)
-    out = torch.full_like(q, float("nan"))  # poisoned: a tile never written fails the gate
-    attention_fp8_quantized(qi, config, causal=causal, out=out)
-    report = report_fp8(out, ref, emulate_quantized(qi, causal=causal), tol, v=v)
-    row.update(fp8_cosine=finite(report.cosine), fp8_rmse_over_rms_v=finite(report.rmse_over_rms_v),
-               fp8_emulated_rel_err=finite(report.emulated_rel_err))
-    if not math.isfinite(report.gate.rel_err):
-        errors["fp8"] = errors["fp8_e2e"] = f"output not usable: {report.gate.reason}"
-        return row, errors
-    if not report.passed:
-        errors["fp8"] = f"FP8 gate failed: {report.gate.reason}"
-    _time(row, "fp8", point, lambda: attention_fp8_quantized(qi, config, causal=causal, out=out), cuda, rep_ms)
-    row["fp8_rel_err"] = report.gate.rel_err
-    out_e2e = torch.full_like(q, float("nan"))
-    e2e = lambda: attention_fp8_fused(q, k, v, config, causal=causal, out=out_e2e)  # noqa: E731
-    e2e()
-    row["fp8_e2e_rel_err"] = finite(rel_l2(out_e2e, ref))
-    _time(row, "fp8_e2e", point, e2e, cuda, rep_ms)
-    del qi, out, out_e2e
-    if outliers:
-        qo, ko, vo = with_outliers(q, k, v, seed)
-        out_o = attention_fp8_fused(qo, ko, vo, config, causal=causal)
-        ref_o = attention_reference(qo, ko, vo, causal=causal)
-        row.update(fp8_outlier_rel_err=finite(rel_l2(out_o, ref_o)), fp8_outlier_cosine=finite(cosine(out_o, ref_o)))
-    return row, errors
+    figures, errors = hooks.bench_figures(point, config, q, k, v, ref, time_fn=time_fn, outliers=outliers,
+                                          seed=seed, tol=tol)
+    return {**figures, **row}, errors
 
 
 def bench_fp8_point(point: Point, *, profile: GpuProfile, db: str | Path | None = None,
@@ -128,9 +92,10 @@ def bench_fp8_point(point: Point, *, profile: GpuProfile, db: str | Path | None 
     gpu_name = gpu_name or device_identity(profile)[0]
     fp16 = dataclasses.replace(point, dtype="float16")
     shape = (point.batch, point.heads, point.seq_len, point.head_dim)
-    served = get_kernel(shape, point.dtype, point.causal, gpu=gpu_name, db=db, kernel="attention_fp8")
+    family, hooks = fp8_family()
+    served = get_kernel(shape, point.dtype, point.causal, gpu=gpu_name, db=db, kernel=family.name)
     tuned = get_kernel(shape, torch.float16, point.causal, gpu=gpu_name, db=fp16_db if fp16_db else db,
-                       kernel="attention_fwd")  # launched with attention_fwd below: never a backend's {}
+                       kernel=hooks.baseline)  # launched with the baseline family below: never a backend's {}
     row: Row = {**point.as_dict(), "label": point.label, "config": dict(served.config), "source": served.source,
                 "tuned_config": dict(tuned.config), "tuned_source": tuned.source, "recipe": None, "fp8_tol": tol,
                 "fp8_cosine": None, "fp8_rmse_over_rms_v": None, "fp8_emulated_rel_err": None,
@@ -149,7 +114,7 @@ def bench_fp8_point(point: Point, *, profile: GpuProfile, db: str | Path | None 
         errors["fp8"] = errors["fp8_e2e"] = f"{exc.kind}: {exc}"
     from flashcore.kernels import get_family
 
-    bench_tuned_and_sdpa(row, errors, fp16, q, k, v, ref, get_family("attention_fwd").launch(), tuned.config,
+    bench_tuned_and_sdpa(row, errors, fp16, q, k, v, ref, get_family(hooks.baseline).launch(), tuned.config,
                          cuda=cuda, rep_ms=rep_ms)
     row["errors"] = errors
     row.update(ratios(row))
@@ -166,10 +131,11 @@ def run_bench_fp8(points: Iterable[Point], profile: GpuProfile, db: str | Path |
     gpu, cc = device_identity(profile)
     prov: dict[str, Any] = dict(provenance(gpu, cc))
     labels = sorted({p.dtype for p in points})
-    prov.update(profile=profile.name, kernel="attention_fp8", fp16_kernel="attention_fwd", grid=grid,
+    family, hooks = fp8_family()
+    prov.update(profile=profile.name, kernel=family.name, fp16_kernel=hooks.baseline, grid=grid,
                 dtype=",".join(labels) or None, fp8_tol=fp8_tol(labels[0]) if len(labels) == 1 else None,
                 rep_ms=rep_ms, seed=seed, timing=CPU_TIMING if profile.interpreter else CUDA_TIMING,
-                outliers=f"{OUTLIERS} values per tensor x{OUTLIER_FACTOR:g}")
+                **hooks.bench_notes)
     rows = []
     for point in points:
         rows.append(bench_fp8_point(point, profile=profile, db=db, fp16_db=fp16_db, rep_ms=rep_ms, seed=seed,

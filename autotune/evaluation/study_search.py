@@ -97,7 +97,7 @@ def study_point(point: Any, space: Any, profile: Any, run: Callable[[dict[str, A
     return res
 
 
-def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: str = "attention_fwd",
+def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: str | None = None,
               rep_ms: int = 100, trial_timeout_s: float | None = None, grid: str | None = None,
               on_point: Callable[[PointStudy], None] | None = None, compile_workers: int | None = None,
               on_config: Callable[[Any, dict[str, Any], Any], None] | None = None) -> dict[str, Any]:
@@ -106,10 +106,9 @@ def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: st
     Every trial runs in a worker process (:class:`autotune.tuning.worker.TrialWorker`), gated like a sweep's; the
     cache is neither read nor written. TPE's replays use the sweep's sampler settings for its default trial count.
     ``compile_workers`` processes compile the configs ahead of timing, as in a sweep; ``on_config(point, config,
-    outcome)`` follows each timed config.
+    outcome)`` follows each timed config. ``kernel``: a family's name (default: the registry's default family).
     """
-    from flashcore.kernels import get_family
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import default_family, get_family, load_space
 
     from ..core.profiles import device_identity
     from ..core.toolchain import provenance
@@ -117,8 +116,9 @@ def run_study(points: Iterable[Any], profile: Any, *, seeds: int = 5, kernel: st
     from ..tuning.options import DEFAULT_TRIALS
     from ..tuning.worker import TrialWorker
 
+    kernel = kernel or default_family()
     family = get_family(kernel)
-    space = load_space(family.space, profile.name if profile.interpreter else "default")
+    space = load_space(family.space, profile.name)
     trials = DEFAULT_TRIALS["cpu" if profile.interpreter else "gpu"]
     startup = startup_trials(trials)
     prov: dict[str, Any] = dict(provenance(*device_identity(profile)))

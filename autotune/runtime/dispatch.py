@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from flashcore.cache import Entry
-from flashcore.kernels import families, get_family
+from flashcore.kernels import default_families, families, get_family
 from flashcore.kernels._common import interpreting
 
 from ..core.problem import Point, distance, dtype_name
@@ -41,7 +41,6 @@ from .misses import record_miss
 from .paths import resolve_db
 
 OWN = "own"  # get_kernel(kernel="own"): our kernels only, no backend
-DEFAULT_FAMILIES = ("attention_fwd", "attention_kv")  # our "default" for kernel="own", the first that can
 SDPA = "sdpa"  # SDPA's own choice (kernels/backends.py): what a miss serves when any candidate may serve it
 # What a "nearest" lookup borrows from another tuned point must be within this distance of it (core.problem.
 # distance: log2 steps of the lengths and of batch x heads; 2.0 is a factor 4 in all, e.g. twice the kv length and
@@ -216,9 +215,10 @@ def clear_cache() -> None:
     PLANS.clear()
     import sys
 
-    fast = sys.modules.get("flashcore.kernels.attention_fwd.fastlaunch")  # only if it was ever loaded
-    if fast is not None:
-        fast.clear_cache()
+    for family in families():  # a server module's recorded launches, only if it was ever loaded
+        server = sys.modules.get(f"flashcore.kernels.{family.server.partition(':')[0]}") if family.server else None
+        if server is not None and hasattr(server, "clear_cache"):
+            server.clear_cache()
 
 
 def _allowed(kernel: str | None, point: Point) -> set[str]:
@@ -337,17 +337,17 @@ def _same_point(a: Entry, b: Entry) -> bool:
 
 def _default(point: Point, names: list[str], allowed: set[str]) -> TunedKernel:
     """The safe default config of the first of our kernels that can compute ``point``."""
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
 
     profile = serving_profile(names[0]) if names else PROFILES["cpu"]
     fp8 = point.dtype.startswith("fp8")
     order = [n for n in allowed if get_family(n).kind != "backend"] if fp8 or len(allowed) == 1 else [
-        n for n in DEFAULT_FAMILIES if n in allowed]
+        n for n in default_families() if n in allowed]  # our "default" families (the registry's), in order
     for name in order:
         family = get_family(name)
         if family.space and family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len,
                                             point.head_dim) is None:
-            space = load_space(family.space, "cpu" if profile.interpreter else "default")
+            space = load_space(family.space, profile.name)
             return TunedKernel(space.default_for(point, profile), "default", None, point.causal, name,
                                point.lower_right)
     raise ValueError(f"no kernel of {sorted(allowed)} can compute {point.label}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flashcore.cache import CacheError, CacheStore, Entry, base_dtype
+from flashcore.cache import HALF_DTYPES, CacheError, CacheStore, Entry, base_dtype
 from flashcore.kernels import families, get_family
 
 from ..core.errors import AutotuneError
@@ -36,7 +36,7 @@ class Index:
     groups: dict[tuple, list[Entry]] = field(default_factory=dict)  # group_key -> entries
 
 
-HALF = ("float16", "bfloat16")
+HALF = HALF_DTYPES
 _INDEXES: dict[str, Index] = {}
 _USABLE: dict[int, tuple[Entry, bool]] = {}  # id(entry) -> (the entry, kept alive so its id is not reused; verdict)
 
@@ -225,7 +225,8 @@ def unusable_reason(entry: Entry) -> str | None:
     """Why ``entry``'s config is not one its family can run at the entry's point (see :func:`usable`), or None.
     Also what ``autotune import`` checks before writing anything."""
     from flashcore.kernels._family import resolve
-    from flashcore.search_spaces import SpaceError, load_space
+    from flashcore.kernels import load_space
+    from flashcore.search_spaces import SpaceError
 
     from ..core.profiles import serving_profile
 
@@ -250,7 +251,7 @@ def unusable_reason(entry: Entry) -> str | None:
     if family.space:
         try:
             profile = serving_profile(key.gpu)
-            space = load_space(family.space, "cpu" if profile.interpreter else "default")
+            space = load_space(family.space, profile.name)
         except (AutotuneError, SpaceError) as exc:
             return f"its search space cannot judge it ({exc})"
         expected = dict(space.default)
@@ -258,7 +259,7 @@ def unusable_reason(entry: Entry) -> str | None:
         extra = sorted(set(config) - set(expected))
         if missing or extra:
             return ", ".join(([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])) \
-                + f" (the keys of search_spaces/{family.space}.toml)"
+                + f" (the keys of the space.toml of {family.space})"
         for name, value in config.items():
             if not _same_kind(value, expected[name]):
                 return f"{name} must be {type(expected[name]).__name__}; got {_short(value)}"

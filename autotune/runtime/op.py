@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flashcore.cache import HALF_DTYPES
 from flashcore.kernels import FAMILIES, KernelInputError, families
 from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
 
@@ -24,7 +25,7 @@ from flashcore.kernels.backends import Pinned
 
 from .dispatch import PLANS, TO_SDPA, get_kernel, runner_for
 
-_DTYPES = (torch.float16, torch.bfloat16)
+_DTYPES = tuple(getattr(torch, name) for name in HALF_DTYPES)
 # Smaller softmax scales (and non-positive ones) go to SDPA: scale x log2(e) would flush towards zero in fp32,
 # and a masked -inf times a scale <= 0 is NaN in our kernels where SDPA gives finite values.
 MIN_SCALE = 2.0 ** -20
@@ -121,7 +122,7 @@ def _reason(q, k, v, attn_mask, dropout_p, enable_gqa, is_causal, scale=None) ->
     if q.dtype not in _DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16)"
     if q.dim() == 4 and k.dim() == 4 and q.shape[2] != k.shape[2] and not _any_lengths():
-        return "q and k of different lengths need the attention_kv kernel, which is not installed"
+        return "q and k of different lengths need a kernel family of unequal lengths, and none is installed"
     try:
         check_qkv(q, k, v, same_length=False)
     except KernelInputError as exc:

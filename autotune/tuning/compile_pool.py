@@ -2,7 +2,7 @@
 
 On the H100 a config takes 0.4-1 s to compile and milliseconds to time, so a sweep that compiles in its timing
 worker spends most of its time compiling. :class:`CompilePool` runs the family's precompiler
-(``KernelFamily.precompiler``, e.g. ``kernels.attention_fwd.precompile.precompile``: Triton's own
+(``KernelFamily.precompiler``, e.g. ``kernels/<family>/precompile.py``: Triton's own
 ``JITFunction.warmup`` on meta tensors) in a pool of spawned processes. The compiled kernels land in Triton's
 on-disk cache ($TRITON_CACHE_DIR, shared by every process of the host), where the timing worker's launch finds
 them and only loads them. The pool never replaces the timing worker's checks: whatever it compiles is still

@@ -1,5 +1,5 @@
 """The command line's `--dtype` and `--fp8-tol`: which dtype label a sweep or bench keys its points by, and which
-kernel family runs them.
+kernel families run them (the registry's, by the dtypes each declares).
 
 FP8's error budget is part of the dtype label (``cache.fp8_dtype``: "fp8" for the default budget 0.1,
 "fp8-tol0.03" for 0.03), so winners under different budgets are different cache keys. ``--dtype fp8 --fp8-tol
@@ -11,9 +11,6 @@ from __future__ import annotations
 import math
 
 from ..core.errors import AutotuneError
-
-FP8_FAMILY = "attention_fp8"
-FP16_FAMILY = "attention_fwd"
 
 
 def parse_fp8_tol(text: str) -> float:
@@ -33,11 +30,12 @@ def resolve_dtype(dtype: str | None, fp8_tol: str | None = None,
     """(dtype label or None, candidate names or None) for the options ``--dtype``, ``--fp8-tol`` and ``--kernel``.
 
     ``dtype`` None keeps the grid's dtypes. ``kernel``: None or "auto" (every candidate), or names separated by
-    commas. An FP8 dtype without ``--kernel`` selects the FP8 family; an unknown name, a family that does not
-    take the dtype, or ``--fp8-tol`` without FP8, is an AutotuneError.
+    commas. A dtype that only some of our families take (fp8) without ``--kernel`` selects those
+    (``families_of_dtype``); an unknown name, a family that does not take the dtype, or ``--fp8-tol`` without
+    FP8, is an AutotuneError.
     """
     from flashcore.cache import base_dtype, fp8_dtype
-    from flashcore.kernels import get_family
+    from flashcore.kernels import families_of_dtype, get_family
 
     kernels = None if kernel in (None, "", "auto") else tuple(k.strip() for k in kernel.split(",") if k.strip())
     base = None
@@ -54,7 +52,7 @@ def resolve_dtype(dtype: str | None, fp8_tol: str | None = None,
                                 f"--fp8-tol X)")
         dtype = fp8_dtype(parse_fp8_tol(fp8_tol))
     if base == "fp8" and kernels is None:
-        kernels = (FP8_FAMILY,)
+        kernels = families_of_dtype(base)
     for name in kernels or ():
         try:
             family = get_family(name)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from flashcore.cache import HALF_DTYPES
+
 from ..core.errors import AutotuneError
 from ..core.problem import Point
 
-HALF = ("float16", "bfloat16")
+HALF = HALF_DTYPES
 
 
 @dataclass(frozen=True)

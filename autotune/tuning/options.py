@@ -8,16 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from flashcore.cache import base_dtype
-from flashcore.kernels import KernelFamily, families, get_family
+from flashcore.kernels import KernelFamily, default_families, families, get_family
+from flashcore.search_spaces import profile_arch
 
 from ..core.problem import Point
 from ..core.profiles import GpuProfile
 from .faceoff import FACEOFF_ROUNDS
 
 DEFAULT_TRIALS = {"gpu": 30, "cpu": 6}
-# Our kernels in the order "default" serves them; on the interpreter a point is tuned with the first that can
-# compute it (its timings say nothing about speed, so comparing families there would only cost time).
-INTERPRETER_ORDER = ("attention_fwd", "attention_kv")
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,11 @@ class SweepOptions:
                   else [f for f in families() if f.candidate])
         out = [f for f in chosen if takes(f, point, self.profile)]
         if not self.kernels and self.profile.interpreter:
+            # on the interpreter a point is tuned with the first of our "default" families (the registry's order)
+            # that can compute it: its timings say nothing about speed, so comparing families would only cost time
+            order = default_families()
             ours = sorted((f for f in out if f.kind != "backend"),
-                          key=lambda f: INTERPRETER_ORDER.index(f.name) if f.name in INTERPRETER_ORDER else 99)
+                          key=lambda f: order.index(f.name) if f.name in order else 99)
             out = ours[:1]
         return sorted(out, key=lambda f: f.kind == "backend")
 
@@ -80,14 +81,7 @@ def takes(family: KernelFamily, point: Point, profile: GpuProfile) -> bool:
         return False
     if family.supports(point.heads, point.kv_heads, point.seq_len, point.kv_len, point.head_dim):
         return False
-    if profile.interpreter:  # Triton's interpreter runs plain Triton kernels only
-        return family.kind != "backend" and _cc(family.min_cc) <= (8, 0)
-    return _cc(profile.compute_capability) >= _cc(family.min_cc)
-
-
-def _cc(text: str) -> tuple[int, int]:
-    major, _, minor = text.partition(".")
-    return int(major), int(minor or 0)
+    return family.runs_on(profile_arch(profile))  # the interpreter runs plain Triton kernels only
 
 
 @dataclass

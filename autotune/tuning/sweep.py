@@ -34,8 +34,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flashcore.cache import CacheKey, CacheStore, Entry, TrialRecord, figures_of
-from flashcore.kernels import KernelFamily, get_family
-from flashcore.search_spaces import load_space
+from flashcore.kernels import KernelFamily, default_family, get_family, load_space
 
 from ..core.problem import Point
 from ..core.profiles import device_identity
@@ -107,7 +106,7 @@ class _Runner:
         return run_trial(ctx, config, rep_ms=self.opts.rep_ms), waited
 
 
-def tune_point(point: Point, store: CacheStore, opts: SweepOptions, *, kernel: str | KernelFamily = "attention_fwd",
+def tune_point(point: Point, store: CacheStore, opts: SweepOptions, *, kernel: str | KernelFamily | None = None,
                worker: TrialWorker | None = None, pool: CompilePool | None = None, deadline: float | None = None,
                on_trial=None) -> PointResult:
     """Tune one candidate at ``point``: a seeded TPE study for our kernel families (up to ``opts.n_trials``
@@ -127,6 +126,7 @@ def tune_point(point: Point, store: CacheStore, opts: SweepOptions, *, kernel: s
     new study instead. ``pool`` compiles the point's valid configs ahead of timing; a config it cannot compile
     is recorded as such without a run. ``on_trial(point, record)`` follows each trial.
     """
+    kernel = default_family() if kernel is None else kernel
     family = get_family(kernel) if isinstance(kernel, str) else kernel
     gpu, cc = device_identity(opts.profile)
     key = make_key(point, family, gpu, cc)
@@ -169,7 +169,7 @@ def _study(point, family, key, store, opts: SweepOptions, runner: _Runner, deadl
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     profile, trials = opts.profile, opts.n_trials
-    space = load_space(family.space, profile.name if profile.interpreter else "default")
+    space = load_space(family.space, profile.name)
     candidates = space.candidates(point, profile)
     result = PointResult(point, key, valid_configs=len(candidates))
     # the space's digest: a study cannot take new values for a parameter, so an edited space starts afresh
@@ -252,7 +252,7 @@ def sweep(points: Iterable[Point], store: CacheStore, opts: SweepOptions, hooks:
     points = list(points)
     jobs = [(point, family) for point in points for family in opts.candidates(point)]
     results: dict[int, PointResult] = {}
-    first = jobs[0][1] if jobs else get_family("attention_fwd")
+    first = jobs[0][1] if jobs else get_family(default_family())
     worker = (TrialWorker(first, profile, seed=opts.seed, timeout_s=opts.trial_timeout_s, rep_ms=opts.rep_ms)
               if opts.isolate else None)
     deadline = None if opts.time_budget_s is None else time.monotonic() + opts.time_budget_s
@@ -303,7 +303,7 @@ def sweep(points: Iterable[Point], store: CacheStore, opts: SweepOptions, hooks:
         if pool is not None:  # the whole grid's configs, in the background, once per compiled kernel
             for point, family in jobs:
                 if family.precompiler and (opts.retune or store.get_winner(make_key(point, family, gpu, cc)) is None):
-                    space = load_space(family.space, profile.name if profile.interpreter else "default")
+                    space = load_space(family.space, profile.name)
                     pool.behind(point, space.candidates(point, profile), family)
         waiting = []
         for i in range(len(jobs)):

@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 
-from flashcore.kernels import KernelError
+from flashcore.kernels import KernelError, TrialHooks
 
 from ..core.numbers import finite
-from . import fp8_trial as _fp8_trial
 from . import gate as _gate
 from .inputs import make_inputs
 from .timing import measure
@@ -35,8 +34,8 @@ class PointContext:
     v: torch.Tensor
     ref: torch.Tensor
     cuda: bool
-    fp8_tol: float | None = None  # an FP8 point's error budget (its dtype label): the FP8 gate applies
-    fp8_operands: dict = field(default_factory=dict)  # (recipe, BLOCK_M, BLOCK_N) -> quantized inputs, emulation
+    hooks: TrialHooks | None = None  # the family's extra trial steps (KernelFamily.trial), or None
+    state: dict = field(default_factory=dict)  # what the hooks keep per point (FP8: quantized inputs per recipe)
 
 
 @dataclass
@@ -59,12 +58,12 @@ def prepare(point, family, profile, space, seed: int = 0, base: PointContext | N
     """Make the point's inputs on the profile's device and its fp32 reference (taken from ``base``, the context
     of another candidate at the same point, when given).
 
-    The gate follows the point's dtype: an FP8 label ("fp8", "fp8-tol0.03") selects the FP8 gate under that
-    budget (``fp8_trial``), anything else the 16-bit gate; a family that does not take the dtype (the FP8
-    kernel at float16, the fp16 kernel at fp8) or the problem (grouped-query heads, unequal lengths) is refused
-    here, so no trial is ever gated by the wrong gate or run on a problem its kernel does not compute.
+    The gate is the family's: its trial hooks' (``KernelFamily.trial``: FP8 gates under the budget of its
+    dtype label, "fp8-tol0.03"), else the 16-bit gate; a family that does not take the dtype (an FP8 family at
+    float16, a 16-bit one at fp8) or the problem (grouped-query heads, unequal lengths) is refused here, so no
+    trial is ever gated by the wrong gate or run on a problem its kernel does not compute.
     """
-    from flashcore.cache import base_dtype, fp8_tol
+    from flashcore.cache import base_dtype
 
     dtypes = getattr(family, "dtypes", None)  # test families may leave it out
     if dtypes is not None and base_dtype(point.dtype) not in dtypes:
@@ -79,7 +78,8 @@ def prepare(point, family, profile, space, seed: int = 0, base: PointContext | N
     else:
         q, k, v = make_inputs(point, "cuda" if cuda else "cpu", seed)
         ref = family.reference_fn()(q, k, v, causal=point.causal, lower_right=point.lower_right)
-    return PointContext(point, family, profile, space, q, k, v, ref, cuda, fp8_tol(point.dtype))
+    hooks = family.trial_hooks() if hasattr(family, "trial_hooks") else None  # test families may leave it out
+    return PointContext(point, family, profile, space, q, k, v, ref, cuda, hooks)
 
 
 def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, time_it: bool = True,
@@ -101,11 +101,11 @@ def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, t
     t0 = time.perf_counter()
     try:
         out = torch.full_like(ctx.q, float("nan"))
-        if ctx.fp8_tol is None:
+        if ctx.hooks is None:
             call = lambda: launch(ctx.q, ctx.k, ctx.v, config, causal=ctx.point.causal, out=out,  # noqa: E731
                                   **extra_args)
-        else:  # quantizes (and emulates) once per recipe and tiles; the kernel alone is timed
-            call = _fp8_trial.kernel_call(ctx, config, out)
+        else:  # the family's steps before the timed call (FP8: quantize once per recipe and tiles) are not timed
+            call = ctx.hooks.kernel_call(ctx, config, out)
             if ctx.cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -117,10 +117,10 @@ def run_trial(ctx: PointContext, config: dict[str, Any], *, rep_ms: int = 100, t
     except RuntimeError as exc:
         return _device_failure(ctx, exc)
     first_s = time.perf_counter() - t0
-    if ctx.fp8_tol is None:
+    if ctx.hooks is None:
         verdict, gate_extra = _gate.check(out, ctx.ref, ctx.point.dtype), {}
     else:
-        verdict, gate_extra = _fp8_trial.verdict(ctx, config, out)
+        verdict, gate_extra = ctx.hooks.verdict(ctx, config, out)
     figures = dict(rel_err=finite(verdict.rel_err), max_abs_err=finite(verdict.max_abs_err))
     extra = {"first_call_s": round(first_s, 4), **gate_extra}
     if not verdict.passed:

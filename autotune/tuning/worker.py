@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from flashcore.cache import CacheKey, CacheStore
-from flashcore.kernels import KernelFamily
+from flashcore.kernels import KernelFamily, interpreter
 
 from ..core.errors import AutotuneError
 from ..core.problem import Point
@@ -159,7 +159,7 @@ class TrialWorker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         spec = {"profile": dataclasses.asdict(self.profile), "seed": self.seed,
-                "triton_interpret": os.environ.get("TRITON_INTERPRET"), "parent": os.getpid()}
+                "triton_interpret": interpreter.value(), "parent": os.getpid()}
         proc = ctx.Process(target=serve, args=(child, json.dumps(spec)), daemon=True,
                            name=f"flashcore-trial-worker-{self.family.name}")
         proc.start()
@@ -277,11 +277,9 @@ def serve(conn: Connection, spec_json: str) -> None:
     spec = json.loads(spec_json)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the sweep; the sweep stops its worker
     threading.Thread(target=_exit_with_parent, args=(spec["parent"],), daemon=True).start()
-    if spec["triton_interpret"] is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = spec["triton_interpret"]  # before any kernel is decorated
-    from flashcore.search_spaces import load_space
+    from flashcore.kernels import load_space
+
+    interpreter.apply(spec["triton_interpret"])  # before any kernel is decorated
 
     from .trial import prepare, run_trial
 
@@ -298,7 +296,7 @@ def serve(conn: Connection, spec_json: str) -> None:
         if op == "point":
             try:
                 family = KernelFamily(**{k: _tuples(v) for k, v in message["family"].items()})
-                space = (load_space(family.space, profile.name if profile.interpreter else "default")
+                space = (load_space(family.space, profile.name)
                          if family.space else None)
                 ctx = prepare(Point(**message["point"]), family, profile, space, spec["seed"], base=ctx)
                 reply: dict[str, Any] = {"ok": True}

@@ -22,7 +22,7 @@ import triton
 
 from .._config import check_common
 from .._errors import KernelInputError
-from .._common import LOG2E, check_qkv, interpreting, strides, typed_errors
+from .._common import LOG2E, SUPPORTED_DTYPES, check_qkv, interpreting, strides, typed_errors
 from ..attention_fwd.launch import REQUIRED_KEYS
 from .quant import CONFIG_FIELDS, QuantizedInputs, Recipe, quantize
 
@@ -82,7 +82,7 @@ def attention_fp8_quantized(qi: QuantizedInputs, config: Mapping[str, Any], *, c
         raise KernelInputError("tensors on the CPU need Triton's interpreter (TRITON_INTERPRET=1)")
     if out is None:
         out = torch.empty(qi.shape, dtype=qi.out_dtype, device=qi.q.device)
-    elif tuple(out.shape) != qi.shape or out.device != qi.q.device or out.dtype not in (torch.float16, torch.bfloat16):
+    elif tuple(out.shape) != qi.shape or out.device != qi.q.device or out.dtype not in SUPPORTED_DTYPES:
         raise KernelInputError(f"out must be 16-bit {qi.shape} on {qi.q.device}; got {out.dtype} "
                                f"{tuple(out.shape)} on {out.device}")
     grid, args, kwargs = _kernel_args(qi, out, config, causal, sm_scale)

@@ -5,7 +5,7 @@ keeping an online softmax in fp32 (running max ``m_i``, running sum ``l_i``) and
 softmax scale folded into an exp2. Tails are masked: S need not be a multiple of either block, and HEAD_DIM
 need not be a power of two (BLOCK_D pads it).
 
-Variants, all compile-time parameters (search_spaces/attention_fwd.toml says which ones a sweep searches):
+Variants, all compile-time parameters (kernels/attention_fwd/space.toml says which ones a sweep searches):
 - CAUSAL_SPLIT: in causal mode, run the blocks strictly below the diagonal without any mask, then the
   blocks that touch the diagonal with the causal mask. The boundary is rounded down to a multiple of
   BLOCK_N, so the split is correct for every BLOCK_M / BLOCK_N pair (the classic two-loop kernel silently

@@ -33,8 +33,11 @@ from typing import Any
 
 import torch
 
+from flashcore.cache import HALF_DTYPES
+
 from .._errors import KernelCompileError, KernelInputError
-from .._common import typed_errors as _typed_errors
+from .._common import SUPPORTED_DTYPES, typed_errors as _typed_errors
+from ..interpreter import interpreting, suspended
 from .launch import check_config, kernel_args
 from .config import HEAD_DIMS
 
@@ -57,7 +60,7 @@ def compile_kernel(shape: Sequence[int], dtype: torch.dtype, causal: bool, confi
     cfg = check_config(config)
     b, hq, s, d = (int(x) for x in shape)
     hkv = hq if kv_heads is None else int(kv_heads)
-    if dtype not in (torch.float16, torch.bfloat16):
+    if dtype not in SUPPORTED_DTYPES:
         raise KernelInputError(f"dtype must be float16 or bfloat16; got {dtype}")
     if d not in HEAD_DIMS or min(b, hq, hkv, s) < 1 or hq % hkv:
         raise KernelInputError(f"unsupported shape {tuple(shape)} with {hkv} kv heads")
@@ -99,17 +102,14 @@ def compile_info(shape: Sequence[int], dtype: torch.dtype, causal: bool, config:
                  kv_heads: int | None = None) -> dict[str, Any]:
     """Compile for sm_90 on this machine (no GPU needed) and report the kernel's resources (see module doc)."""
     global _POOL
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # compile where the interpreter never ran
+    if interpreting():  # compile where the interpreter never ran
         if _POOL is None or _POOL[0] != os.getpid():  # a forked child cannot use its parent's executor
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            saved = os.environ.pop("TRITON_INTERPRET")  # the helper starts now, without it in its environment
-            try:
+            with suspended():  # the helper starts now, without the interpreter in its environment
                 _POOL = (os.getpid(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
                 _POOL[1].submit(int, 0).result()
-            finally:
-                os.environ["TRITON_INTERPRET"] = saved
         return _POOL[1].submit(_compile_info, tuple(shape), str(dtype).removeprefix("torch."), causal, dict(config),
                             kv_heads).result()
     return _compile_info(shape, dtype, causal, config, kv_heads)
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="8,16,4096,128", help="B,Hq,S,D")
     parser.add_argument("--kv-heads", type=int, default=None)
-    parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
+    parser.add_argument("--dtype", choices=HALF_DTYPES, default="float16")
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--config", default='{"BLOCK_M": 64, "BLOCK_N": 128}', help="config as JSON")
     ns = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Config schema of the Gluon family and the resource model its rules use (pure Python: no torch, no Triton).
 
-The launcher (launch.py), the CPU compiler (compile.py) and the named rules (search_spaces/rules_gluon.py) take
+The launcher (launch.py), the CPU compiler (compile.py) and the named rules (kernels/attention_gluon/rules.py) take
 the config schema from here, so that what the rules accept is exactly what the launcher accepts. Missing
 optional keys count as their CONFIG_DEFAULTS value.
 
@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from flashcore.search_spaces.arch import ARCHS
+
+SM90 = ARCHS["9.0"]  # the architecture this kernel is written for (search_spaces.arch)
 
 
 REQUIRED_KEYS = ("BLOCK_M", "BLOCK_N")
@@ -41,8 +45,8 @@ SETMAXNREG_MIN, SETMAXNREG_MAX = 24, 256
 REGISTER_OVERHEAD = 32       # per consumer thread besides its tiles (indices, m_i, l_i, ring state)
 SCORE_WEIGHT = 1.5           # registers per score element per thread (fitted: see consumer_registers)
 SMEM_OVERHEAD = 1024         # mbarriers and the warp-specialization state, rounded up
-SMEM_PER_SM = 233472         # H100/H200: 228 KiB per SM, 1 KiB of it reserved per CTA
-REGS_PER_SM = 65536
+SMEM_PER_SM = SM90.smem_per_sm  # 228 KiB per SM, 1 KiB of it reserved per CTA (the kernel is sm_90 only)
+REGS_PER_SM = SM90.registers_per_sm
 
 
 def normalized(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 ``attention_gluon(q, k, v, config, *, causal=False, sm_scale=None, out=None) -> out`` for q (B, Hq, S, D) and
 k, v (B, Hkv, S, D), Hq a multiple of Hkv, float16 or bfloat16 on a CUDA device, D in HEAD_DIMS. Config keys
-and defaults: config.CONFIG_DEFAULTS (BLOCK_M and BLOCK_N are required); search_spaces/attention_gluon.toml documents each.
+and defaults: config.CONFIG_DEFAULTS (BLOCK_M and BLOCK_N are required); kernels/attention_gluon/space.toml documents each.
 
 Every tensor is addressed through a 4-D host tensor descriptor [B, H, S, D] with a [1, 1, rows, D] box, so a
 tile never reads or writes another head's rows: the TMA unit zero-fills loads past S and clips stores past S.
@@ -20,11 +20,10 @@ from typing import Any
 import torch
 
 from .._errors import KernelInputError
-from .._common import strides as _strides, tma_ready, typed_errors as _typed_errors
-from .config import HEAD_DIMS, config_error, ctas_per_sm, normalized, register_split
+from .._common import SUPPORTED_DTYPES, device_facts, strides as _strides, tma_ready, typed_errors as _typed_errors
+from .config import HEAD_DIMS, SM90, config_error, ctas_per_sm, normalized, register_split
 
 LOG2E = 1.4426950408889634
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 _SM_COUNT: dict[int, int] = {}
 
 
@@ -141,17 +140,19 @@ def _aligned_copy(t: torch.Tensor) -> torch.Tensor:
 
 
 def _sm_count(device: torch.device) -> int:
+    """The device's SM count (read from it); sm_90's planning figure (search_spaces.arch) only for grids built on
+    CPU or meta tensors, which are never launched."""
     if device.type != "cuda":
-        return 132  # H100/H200: only for grids built on CPU/meta tensors (never launched)
+        return SM90.sm_count
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+        _SM_COUNT[index] = device_facts(index).sm_count
     return _SM_COUNT[index]
 
 
 class GluonServer:
     """What get_kernel serves for attention_gluon: ``server(q, k, v, sm_scale=None) -> out``, the launcher's
-    checks, copies and descriptors, launched through ``kernels._fastrun.FastRunner`` (Triton's own launch,
+    checks, copies and descriptors, launched through ``kernels.fastrun.FastRunner`` (Triton's own launch,
     without its per-call binding and key building)."""
 
     __slots__ = ("config", "causal", "_cfg")
@@ -176,7 +177,7 @@ class GluonServer:
 
 @functools.cache
 def _runner():
-    from .._fastrun import FastRunner
+    from ..fastrun import FastRunner
     from .kernel import attn_fwd_ws
 
     return FastRunner(attn_fwd_ws)

@@ -1,7 +1,7 @@
 """attention_kv: attention with L != S, grouped-query heads (optionally packed per kv head) and split-KV.
 
 The kernel for KV-cache decode and chunked prefill. ``launch.attention_kv`` is the launcher,
-``reference.attention_kv_reference`` the fp32 truth; its search space is search_spaces/attention_kv.toml with the
-rules of search_spaces/rules_kv.py; NOTES.md has the design. Importing this package imports neither Triton nor
+``kernels/reference.py`` (shared by every family) the fp32 truth; its search space is kernels/attention_kv/space.toml with the
+rules of kernels/attention_kv/rules.py; NOTES.md has the design. Importing this package imports neither Triton nor
 the kernels.
 """

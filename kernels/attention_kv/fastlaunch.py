@@ -4,7 +4,7 @@ A decode step calls attention once per layer with a KV cache one token longer th
 length and strides change every call, the query's shape and strides do not. :class:`KvServer` builds the same
 arguments ``launch._kernel_args`` builds (with the tensors' own strides: the kernel only reads, through each
 stride, the dimensions it indexes) and launches ``attn_kv_fwd`` (and ``attn_kv_combine`` for split-KV) through
-``kernels._fastrun.FastRunner``, which repeats Triton's launch for any arguments of one specialization class.
+``kernels.fastrun.FastRunner``, which repeats Triton's launch for any arguments of one specialization class.
 The output is the launcher's, bit for bit (tests/test_attention_kv_fast.py compares them).
 
 Per call, the server keys the launch itself (``FastRunner.launch``): what depends on the query's shape and
@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .._common import LOG2E, interpreting
-from .._fastrun import FastRunner, arg_class, int_classes, launch_context
+from ..fastrun import FastRunner, arg_class, int_classes, launch_context
 from . import launch as _launch
 from .kernel import attn_kv_combine, attn_kv_fwd
 

@@ -25,12 +25,11 @@ import triton
 
 from .._config import check_common
 from .._errors import KernelInputError
-from .._common import LOG2E, interpreting
+from .._common import LOG2E, SUPPORTED_DTYPES, interpreting
 from .._common import strides as _strides
 from .._common import typed_errors as _typed_errors
 from .kernel import attn_kv_combine, attn_kv_fwd
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
 MAX_SPLITS = 256
 TILES = (16, 32, 64, 128)  # BLOCK_M and BLOCK_N

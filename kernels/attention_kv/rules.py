@@ -1,4 +1,4 @@
-"""Named validity rules of the attention_kv search space (search_spaces/attention_kv.toml).
+"""Named validity rules of the attention_kv search space (space.toml beside this file).
 
 A rule is ``rule(config, point, profile) -> str | None`` (None: the config passes; else a one-line reason),
 registered by name with ``search_spaces.rules.rule``; names start with ``kv_`` so that they never collide with
@@ -11,7 +11,7 @@ The split count is not a fixed heuristic: the rules bound it by the work (whole 
 the machine (splits only when the unsplit grid is under SPLIT_BELOW_WAVES waves of SMs, and never more than
 MAX_WAVES waves of programs), and the tuner times what remains.
 
-The resource estimates copy the approach of search_spaces/rules.py (register_budget, shared_memory_budget) and
+The resource estimates follow the approach of search_spaces/rules.py (register_budget, shared_memory_budget) and
 are fitted to this kernel compiled OFFLINE for sm_90a (Triton 3.6 -> PTX -> its bundled ptxas -v, with the
 launch's divisibility specializations, no GPU): 248 configs, BLOCK_M / BLOCK_N 16-128, 2/4/8 warps, 1-4 stages,
 D 64/128, packed and not (NOTES.md). On that grid the register estimate accepts no config that spills more
@@ -20,9 +20,8 @@ than 32 bytes and rejects 5 that do not; the shared-memory estimate is never bel
 
 from __future__ import annotations
 
-from .rules import rule
+from flashcore.search_spaces.rules import cdiv, pow2_at_least, registers_over_budget, rule, smem_over_budget
 
-REGISTER_LIMIT = 255
 REGISTER_OVERHEAD = 70     # fixed state and address tensors (attention_fwd's pointer-load figure; fits here too)
 PACK_REGISTERS = 30        # packed rows: per-row head / position / limit vectors and gathered Q and O addresses
 SCORE_REGISTERS = 1.25     # per score element: fp32 score and its 16-bit copy P, partly sharing registers
@@ -31,17 +30,6 @@ MMA_TILE = 16 * 8          # score elements of one m16n8 MMA tile
 MIN_BLOCKS_PER_SPLIT = 2
 SPLIT_BELOW_WAVES = 2
 MAX_WAVES = 4
-
-
-def _pow2_at_least(n: int, floor: int = 16) -> int:
-    p = floor
-    while p < n:
-        p *= 2
-    return p
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def group(point) -> int:
@@ -61,7 +49,7 @@ def tile_rows(config, point) -> int:
 def unsplit_programs(config, point) -> int:
     """Programs of the launch with one split: B x (Hkv packed, Hq otherwise) x query tiles."""
     heads = getattr(point, "kv_heads", point.heads) if packed(config, point) else point.heads
-    return point.batch * heads * _cdiv(tile_rows(config, point), config["BLOCK_M"])
+    return point.batch * heads * cdiv(tile_rows(config, point), config["BLOCK_M"])
 
 
 def visible_keys(point) -> int:
@@ -85,8 +73,8 @@ def kv_tile_within_rows(config, point, profile):
     """A query tile larger than the padded rows (G·L packed, L otherwise) only computes padding; in decode
     (L = 1..16) this is what makes packing the way to fill a tile."""
     rows = tile_rows(config, point)
-    if config["BLOCK_M"] > _pow2_at_least(rows):
-        return f"BLOCK_M={config['BLOCK_M']} exceeds the tile's {rows} rows (padded {_pow2_at_least(rows)})"
+    if config["BLOCK_M"] > pow2_at_least(rows):
+        return f"BLOCK_M={config['BLOCK_M']} exceeds the tile's {rows} rows (padded {pow2_at_least(rows)})"
     return None
 
 
@@ -94,8 +82,8 @@ def kv_tile_within_rows(config, point, profile):
 def kv_block_within_keys(config, point, profile):
     """A key block larger than the padded visible key range only loads and masks padding."""
     keys = visible_keys(point)
-    if config["BLOCK_N"] > _pow2_at_least(keys):
-        return f"BLOCK_N={config['BLOCK_N']} exceeds the {keys} visible keys (padded {_pow2_at_least(keys)})"
+    if config["BLOCK_N"] > pow2_at_least(keys):
+        return f"BLOCK_N={config['BLOCK_N']} exceeds the {keys} visible keys (padded {pow2_at_least(keys)})"
     return None
 
 
@@ -114,7 +102,7 @@ def kv_warps_fit_tile(config, point, profile):
 def registers_per_thread(config, point) -> float:
     """The fp32 accumulator (BLOCK_M x D), the score tile (SCORE_REGISTERS x BLOCK_M x BLOCK_N) and the K/V
     share (KV_TILE_REGISTERS x BLOCK_N x D) over the program's threads, plus the overheads."""
-    d = _pow2_at_least(point.head_dim)
+    d = pow2_at_least(point.head_dim)
     bm, bn = config["BLOCK_M"], config["BLOCK_N"]
     tiles = (bm * d + SCORE_REGISTERS * bm * bn + KV_TILE_REGISTERS * bn * d) / (32 * config["num_warps"])
     return tiles + REGISTER_OVERHEAD + (PACK_REGISTERS if packed(config, point) else 0)
@@ -123,10 +111,7 @@ def registers_per_thread(config, point) -> float:
 @rule
 def kv_register_budget(config, point, profile):
     """The fp32 accumulator and score tiles must fit in a thread's 255 registers, or they spill."""
-    need = registers_per_thread(config, point)
-    if need > REGISTER_LIMIT:
-        return f"needs ~{need:.0f} registers per thread for its tiles (limit {REGISTER_LIMIT}): it would spill"
-    return None
+    return registers_over_budget(registers_per_thread(config, point), profile)
 
 
 def shared_bytes(config, point) -> int:
@@ -134,7 +119,7 @@ def shared_bytes(config, point) -> int:
     buffers (as search_spaces.rules.shared_bytes; the compiler's exact figure for 2+ stages). BLOCK_M < 64
     (mma.sync; Q stays in registers): num_stages - 1 K and V buffers plus at most 4·BLOCK_M·max(D, BLOCK_N)
     bytes of layout-conversion scratch (the compiler's figure, or above it)."""
-    d = _pow2_at_least(point.head_dim)
+    d = pow2_at_least(point.head_dim)
     bm, bn, stages = config["BLOCK_M"], config["BLOCK_N"], max(1, config["num_stages"])
     if bm < 64:
         return 2 * 2 * max(1, stages - 1) * bn * d + 4 * bm * max(d, bn)
@@ -146,17 +131,14 @@ def kv_shared_memory_budget(config, point, profile):
     """The Q tile plus num_stages buffers of K and V tiles must fit in the GPU's shared memory per block."""
     if profile.interpreter:
         return None
-    need = shared_bytes(config, point)
-    if need > profile.smem_bytes:
-        return f"needs ~{need // 1024} KiB of shared memory (GPU has {profile.smem_bytes // 1024} KiB per block)"
-    return None
+    return smem_over_budget(shared_bytes(config, point), profile)
 
 
 @rule
 def kv_stages_need_blocks(config, point, profile):
     """A pipeline of num_stages buffers prefetches num_stages - 1 blocks ahead: deeper than 2 only pays when
     a program's slice (visible blocks / NUM_SPLITS) has at least num_stages blocks to stream."""
-    blocks = _cdiv(visible_keys(point), config["BLOCK_N"]) // config.get("NUM_SPLITS", 1)
+    blocks = cdiv(visible_keys(point), config["BLOCK_N"]) // config.get("NUM_SPLITS", 1)
     if config["num_stages"] > 2 and blocks < config["num_stages"]:
         return f"num_stages={config['num_stages']} is deeper than the {blocks} key blocks of a split"
     return None
@@ -167,7 +149,7 @@ def kv_split_gets_blocks(config, point, profile):
     """Each split must get MIN_BLOCKS_PER_SPLIT whole key blocks of the visible range: thinner splits only add
     programs, partials and combine traffic (more splits than blocks are even empty; the kernel stays correct)."""
     splits = config.get("NUM_SPLITS", 1)
-    blocks = _cdiv(visible_keys(point), config["BLOCK_N"])
+    blocks = cdiv(visible_keys(point), config["BLOCK_N"])
     if splits > 1 and splits * MIN_BLOCKS_PER_SPLIT > blocks:
         return f"NUM_SPLITS={splits} leaves under {MIN_BLOCKS_PER_SPLIT} of the {blocks} key blocks per split"
     return None

@@ -1,13 +1,13 @@
 """The FP8 correctness gate: an error budget against the unquantized truth, and no error beyond the recipe's own.
 
-FP8 outputs cannot meet the fp16 gate (autotune/tuning/gate.py): quantizing the inputs alone costs a few percent
+FP8 outputs cannot meet the 16-bit gate (autotune/tuning/gate.py): quantizing the inputs alone costs a few percent
 of relative L2 error (/work/shared/anchors/README.md). So an FP8 trial passes when
 1. every element is written and finite;
 2. its relative L2 error against the fp32 reference of the UNQUANTIZED inputs is at most ``tol`` (default 0.1;
    the sweep's ``--fp8-tol``, carried in the point's dtype label, ``cache.fp8_dtype``): the error budget that
    decides which recipes may win;
 3. its relative L2 error is at most ``EMULATION_FACTOR`` (1.5) times the error of the PyTorch emulation of the
-   same recipe and tiles (kernels/attention_fp8/reference.py): quantization error belongs to the recipe, and a
+   same recipe and tiles (reference.py beside this file): quantization error belongs to the recipe, and a
    kernel that adds its own (a scale not applied, a wrong mask, a lossy accumulation) is caught even inside the
    budget.
 It also reports the cosine similarity and the RMSE relative to RMS(V) (the form FA3 reports), which do not gate.
@@ -21,7 +21,7 @@ import torch
 
 from flashcore.cache import DEFAULT_FP8_TOL
 
-from .gate import GateResult
+from .._hooks import GateResult
 
 EMULATION_FACTOR = 1.5
 # Below this the emulation's error is output rounding (bf16 keeps 8 bits), not quantization: the factor is

@@ -21,9 +21,9 @@ from typing import Any
 from sqlite_utils import Database
 
 from ._errors import CacheError, TableError
-from ._migrations import detect_version
-from ._store import CacheStore, _describe, _insert, _trial_row
-from ._tables import check_entries
+from .migrations import detect_version
+from .store import CacheStore, _describe, _insert, _trial_row
+from .table_format import check_entries
 from ._types import TRIAL_STATUSES, Entry, TrialRecord
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -27,9 +27,9 @@ from urllib.parse import quote
 from sqlite_utils import Database
 
 from ._errors import CacheError
-from ._migrations import SCHEMA_VERSION, detect_version, migrate
+from .migrations import SCHEMA_VERSION, detect_version, migrate
 from ._rows import _BOOLS, _KEY_FIELDS, _decode_text, _insert, _row_entry, _row_trial, _trial_row, _winner_row
-from ._tables import check_entries
+from .table_format import check_entries
 from ._types import TRIAL_STATUSES, CacheKey, Entry, TrialRecord
 
 T = TypeVar("T")

@@ -1,21 +1,17 @@
-"""Named validity rules of the Gluon family's search space (search_spaces/attention_gluon.toml): each says why a
-config cannot compile or fit, or cannot help, at a point. The config schema and the resource model they use
-live with the kernel (kernels/attention_gluon/config.py), so that the launcher accepts exactly what they do.
+"""Named validity rules of the Gluon family's search space (space.toml beside this file): each says why a config
+cannot compile or fit, or cannot help, at a point. The config schema and the resource model they use live with
+the kernel (config.py beside this file), so that the launcher accepts exactly what they do.
 """
 
 from __future__ import annotations
 
-from flashcore.kernels.attention_gluon.config import (CONFIG_DEFAULTS, HEAD_DIMS, SETMAXNREG_MAX, SETMAXNREG_MIN,
-                                                     config_error, consumer_registers, ctas_per_sm,
-                                                     element_bytes, normalized, register_split, shared_bytes)
+from flashcore.cache import HALF_DTYPES
+from flashcore.search_spaces.arch import profile_arch
+from flashcore.search_spaces.rules import rule, smem_over_budget
 
-from .rules import rule
+from .config import (CONFIG_DEFAULTS, HEAD_DIMS, SETMAXNREG_MAX, SETMAXNREG_MIN, config_error, consumer_registers,
+                     ctas_per_sm, element_bytes, normalized, register_split, shared_bytes)
 
-# Registered in search_spaces.rules.RULES by the decorator; RULES_OF_FAMILY lists them in the order
-# attention_gluon.toml names them.
-RULES_OF_FAMILY = ("gluon_needs_sm90", "gluon_config_valid", "gluon_supported_point", "gluon_register_split",
-                   "gluon_register_budget", "gluon_shared_memory_budget", "gluon_tile_within_sequence",
-                   "gluon_persistent_needs_waves")
 
 @rule
 def gluon_needs_sm90(config, point, profile):
@@ -23,9 +19,9 @@ def gluon_needs_sm90(config, point, profile):
     another architecture."""
     if getattr(profile, "interpreter", False):
         return "Gluon kernels do not run in Triton's interpreter"
-    cc = str(getattr(profile, "compute_capability", "9.0"))
-    if cc != "9.0":
-        return f"the Gluon kernel is written for sm_90 (Hopper); this GPU is {cc}"
+    arch = profile_arch(profile)
+    if not (arch.wgmma and arch.tma and arch.warp_specialize):
+        return f"the Gluon kernel is written for sm_90 (Hopper: wgmma, TMA, setmaxnreg); this GPU is {arch.name}"
     return None
 
 
@@ -38,7 +34,7 @@ def gluon_config_valid(config, point, profile):
 @rule
 def gluon_supported_point(config, point, profile):
     """16-bit dtypes, head dim 64/128/256 (power-of-two TMA boxes and wgmma shapes), Hq a multiple of Hkv."""
-    if str(point.dtype) not in ("float16", "bfloat16"):
+    if str(point.dtype) not in HALF_DTYPES:
         return f"the Gluon kernel takes float16 or bfloat16; got {point.dtype}"
     if point.head_dim not in HEAD_DIMS:
         return f"head dim must be one of {list(HEAD_DIMS)}; got {point.head_dim}"
@@ -83,10 +79,7 @@ def gluon_shared_memory_budget(config, point, profile):
     """Q tiles plus STAGES K and V tiles must fit in the shared memory a block may opt into."""
     if config_error(config) or point.head_dim not in HEAD_DIMS:
         return None
-    need = shared_bytes(config, point.head_dim, element_bytes(point))
-    if need > profile.smem_bytes:
-        return f"needs ~{need // 1024} KiB of shared memory (GPU has {profile.smem_bytes // 1024} KiB per block)"
-    return None
+    return smem_over_budget(shared_bytes(config, point.head_dim, element_bytes(point)), profile)
 
 
 @rule
