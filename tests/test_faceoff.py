@@ -15,7 +15,7 @@ from flashcore.autotune.tuning.sweep import PointResult, sweep
 from flashcore.autotune.tuning.trial import TrialOutcome
 from flashcore.cache import CacheStore, Entry
 from flashcore.kernels import KernelFamily, get_family
-from flashcore.search_spaces import load_space
+from flashcore.kernels import load_space
 
 CPU = PROFILES["cpu"]
 POINT = Point(1, 6, 45, 32, True, kv_heads=2)

@@ -5,7 +5,7 @@ Each candidate's study times its configs on its own, minutes apart from the othe
 trial sometimes in another sweep altogether). On an H200 the same kernel at the same point can run 15% slower
 for seconds on end, and then not (B64 KV16384 decode: ``benchmarks/probe_decode_timing.py``), so figures taken
 apart can put one candidate ahead of another that is as fast: the shipped tables had cuDNN at 1085 µs and
-attention_kv at 964 µs where both run in ~945 µs, and get_kernel served attention_kv where cuDNN was as good.
+our split-KV kernel at 964 µs where both run in ~945 µs, and get_kernel served ours where cuDNN was as good.
 :func:`face_off` times each winner ``rounds`` times, each turn in a rotated order, and stores for each the turn
 with the median time (every turn is recorded as a trial of study ``<key id>-faceoff``; the winner is the median
 turn's trial, replacing the old figures even where they were faster: the same config, measured beside its
