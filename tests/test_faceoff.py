@@ -127,3 +127,16 @@ def test_the_stored_figure_is_the_median_turn_not_the_fastest(store):
         return TrialOutcome("ok", "", t, t, t, 1.0, 1e-3, 1e-3)
 
     assert face_off(POINT, pairs, store, run, sweep_mod._record) == {"attention_fwd": 100.0, "planted_sdpa": 101.0}
+
+
+def test_a_sweep_of_one_candidate_faces_off_against_the_cached_winners_of_the_others(tmp_path):
+    """``--kernel attention_kv`` (as ``--kernel sdpa_cudnn --retune`` on a GPU) at a point whose attention_fwd
+    winner the cache holds: both winners are timed again side by side."""
+    with CacheStore.open(tmp_path / "c.db") as store:
+        first = sweep([POINT], store, SweepOptions(profile=CPU, trials=1, isolate=False, faceoff_rounds=0,
+                                                   kernels=("attention_fwd",)))[0]
+        assert {t.study for t in store.trials(first.key)} == {first.best.study}
+        sweep([POINT], store, SweepOptions(profile=CPU, trials=1, isolate=False, kernels=("attention_kv",)))
+        fwd = [t for t in store.trials(first.key) if t.study == f"{first.key.id}-faceoff"]
+        assert len(fwd) == 3
+        assert store.get_winner(first.key).median_us in {t.median_us for t in fwd}

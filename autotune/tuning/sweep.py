@@ -34,14 +34,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flashcore.cache import CacheKey, CacheStore, Entry, TrialRecord, figures_of
-from flashcore.kernels import KernelFamily, default_family, get_family, load_space
+from flashcore.kernels import KernelFamily, default_family, families, get_family, load_space
 
 from ..core.problem import Point
 from ..core.profiles import device_identity
 from ..core.toolchain import make_key, now_iso, versions
 from .compile_pool import CompilePool, default_workers
 from .faceoff import face_off
-from .options import Hooks, SweepOptions
+from .options import Hooks, SweepOptions, takes
 from .search import Patience, Proposer, config_id, tell, tpe_sampler, warm_starts
 from .storage import default_storage
 from .trial import TrialOutcome, prepare, run_trial
@@ -320,7 +320,7 @@ def sweep(points: Iterable[Point], store: CacheStore, opts: SweepOptions, hooks:
                 break
             waiting = [i for i in waiting if not take(i)]
         if opts.faceoff_rounds and (deadline is None or time.monotonic() < deadline):
-            _face_offs(jobs, results, store, opts, worker)
+            _face_offs(jobs, results, store, opts, worker, gpu, cc)
     finally:
         if worker is not None:
             worker.close()
@@ -330,15 +330,23 @@ def sweep(points: Iterable[Point], store: CacheStore, opts: SweepOptions, hooks:
 
 
 def _face_offs(jobs: list, results: dict[int, PointResult], store: CacheStore, opts: SweepOptions,
-               worker: TrialWorker | None) -> None:
+               worker: TrialWorker | None, gpu: str, cc: str) -> None:
     """At each point where several candidates have winners, one of them tuned now: ``faceoff.face_off`` (the
-    winners timed again in turns, in the sweep's worker, or in this process without isolation)."""
+    winners timed again in turns, in the sweep's worker, or in this process without isolation). The cache's
+    winners of the point's other candidates take part too: ``--kernel sdpa_cudnn --retune`` faces the new
+    cuDNN figure off against our kernel's stored one."""
     by_point: dict[Point, list[tuple[KernelFamily, PointResult]]] = {}
     for i, (point, family) in enumerate(jobs):
         if i in results:
             by_point.setdefault(point, []).append((family, results[i]))
     contexts: dict[Point, Any] = {}
     for point, group in by_point.items():
+        seen = {f.name for f, _ in group}
+        for family in families():
+            if family.candidate and family.name not in seen and takes(family, point, opts.profile):
+                res = cached(point, make_key(point, family, gpu, cc), store)
+                if res is not None:
+                    group.append((family, res))
         def run(family: KernelFamily, config: dict, point: Point = point) -> TrialOutcome:
             if worker is not None:
                 return worker.bind(point, family).run(config, rules=False)
