@@ -68,3 +68,36 @@ def test_a_provider_failing_in_a_later_turn_has_no_figures_and_says_why(monkeypa
     assert row["cudnn_us"] is None and "illegal memory access" in errors["cudnn"]
     assert row["own_us"] == 100.0 and len(row["own_rounds_us"]) == 3
     assert bench._ratios(row)["best_sdpa_over_own"] == pytest.approx(1.5)  # flash, the one backend left
+
+
+def test_the_floor_is_a_copy_of_the_kv_bytes_timed_in_the_same_turns(monkeypatch):
+    """At a KV-cache point the bench times a copy of K and V's bytes with the providers; each provider's read
+    rate of K and V is reported as a fraction of the copy's rate (a copy moves each byte twice)."""
+    import torch
+
+    spell = Spell(0)
+    monkeypatch.setattr(bench, "measure", spell)
+    BASE["copy"] = 80.0
+    try:
+        row, errors = {}, {}
+        bench._time_in_turns(row, errors, POINT, [*_timed(), ("copy", lambda: "copy")], cuda=True, rep_ms=30,
+                             rounds=3)
+    finally:
+        del BASE["copy"]
+    k = v = torch.empty(2, 3, 5, 8, dtype=torch.float16)
+    row["served_us"] = row["cudnn_us"]
+    floor = bench._floor(row, k, v)
+    assert floor["kv_bytes"] == 2 * 2 * 3 * 5 * 8 * 2 and floor["copy_us"] == 80.0
+    assert floor["copy_tbps"] == pytest.approx(2 * 960 / 80e-6 / 1e12)
+    assert floor["own_floor"] == pytest.approx(0.4) and floor["cudnn_floor"] == pytest.approx(0.4)
+    assert floor["flash_floor"] == pytest.approx(80 / 300) and floor["efficient_floor"] is None
+    assert not [key for key in row if key.startswith("copy_")]  # the copy is not a provider of the row
+
+
+def test_the_summary_names_the_floor_at_batch_1_over_long_caches():
+    rows = [{"batch": 1, "kv_len": 65536, "own_floor": 0.8, "cudnn_floor": 0.9, "errors": {}},
+            {"batch": 8, "kv_len": 65536, "own_floor": 0.5, "cudnn_floor": 0.9, "errors": {}},
+            {"batch": 1, "kv_len": 4096, "own_floor": 0.3, "errors": {}}]
+    s = bench.summarize(rows)
+    assert s["min_own_floor_b1_kv32k"] == 0.8 and s["min_own_floor"] == 0.3
+    assert s["min_cudnn_floor_b1_kv32k"] == 0.9 and s["min_served_floor"] is None

@@ -97,6 +97,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"{_num(s['geomean_flash_over_own'], '.3f', '×')}",
         f"max rel err: own {_num(s['max_own_rel_err'], '.2e')}, served {_num(s['max_served_rel_err'], '.2e')}",
     ]
+    if s.get("geomean_own_floor") is not None or s.get("geomean_cudnn_floor") is not None:
+        lines.append(f"K/V read rate / copy rate (KV-cache points): own {_num(s.get('geomean_own_floor'), '.0%')} "
+                     f"geomean (min {_num(s.get('min_own_floor'), '.0%')}; B1 KV >= 32K min "
+                     f"{_num(s.get('min_own_floor_b1_kv32k'), '.0%')}), cuDNN "
+                     f"{_num(s.get('geomean_cudnn_floor'), '.0%')}")
     reasons: dict[tuple[str, str], int] = {}
     for r in result["points"]:
         for provider, why in r["errors"].items():

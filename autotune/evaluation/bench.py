@@ -92,6 +92,8 @@ def bench_point(point: Point, *, profile: GpuProfile, db: str | Path | None = No
         same = None
     if same is None:
         _bench_candidate(row, errors, "served", served, point, q, k, v, ref, cuda=cuda, rep_ms=rep_ms, timed=timed)
+    if cuda and point.kv_len != point.seq_len:  # a KV cache: the read of K and V is the floor
+        timed.append(("copy", _copy_of_kv(k, v)))
     _time_in_turns(row, errors, point, timed, cuda=cuda, rep_ms=rep_ms, rounds=ROUNDS if cuda else 1)
     if same is not None:
         row.update({f"served_{f}": row[f"{same}_{f}"] for f in (*FIGURES, "rounds_us")})
@@ -100,7 +102,35 @@ def bench_point(point: Point, *, profile: GpuProfile, db: str | Path | None = No
             errors["served"] = errors[same]
     row["errors"] = errors
     row.update(_ratios(row))
+    row.update(_floor(row, k, v))
     return row
+
+
+def _copy_of_kv(k: torch.Tensor, v: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A device-to-device copy of as many bytes as K and V hold (one buffer into another), timed like the
+    providers: how fast this GPU moves those bytes, the floor of a decode step that reads each once."""
+    src = torch.empty(k.numel() + v.numel(), dtype=k.dtype, device=k.device)
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)
+
+
+def _floor(row: Row, k: torch.Tensor, v: torch.Tensor) -> Row:
+    """For a point with a KV cache timed next to a copy of its K and V bytes: ``kv_bytes``, the copy's rate
+    (``copy_tbps``: bytes read and written per second, a copy moving each byte twice) and per provider
+    ``{p}_floor``: its read rate of K and V (bytes / its time) as a fraction of the copy's rate. 1.0 is a kernel
+    that reads K and V as fast as this GPU copies; its other reads and writes (q, out, partials) are not
+    counted."""
+    copy_us = row.pop("copy_us", None)
+    for f in ("p95_us", "tflops", "rel_err", "rounds_us", "timing"):
+        row.pop(f"copy_{f}", None)
+    if not _positive(copy_us):
+        return {}
+    nbytes = (k.numel() + v.numel()) * k.element_size()
+    out: Row = {"kv_bytes": nbytes, "copy_us": copy_us, "copy_tbps": 2 * nbytes / (copy_us * 1e-6) / 1e12}
+    for p in PROVIDERS:
+        us = row.get(f"{p}_us")
+        out[f"{p}_floor"] = copy_us / (2 * us) if _positive(us) else None
+    return out
 
 
 def _bench_candidate(row: Row, errors: dict[str, str], name: str, tk: TunedKernel, point: Point, q, k, v, ref, *,
@@ -186,6 +216,13 @@ def summarize(points: Sequence[Row]) -> dict[str, Any]:
         out[f"max_{p}_rel_err"] = max(errs) if errs else None
     out["served_by_backend"] = sum(1 for r in points if r.get("served_kernel") and
                                    get_family(r["served_kernel"]).kind == "backend")
+    for p in ("own", "served", "cudnn"):  # read rate of K and V as a fraction of a copy's (points with a KV cache)
+        floors = [r[f"{p}_floor"] for r in points if _positive(r.get(f"{p}_floor"))]
+        long = [r[f"{p}_floor"] for r in points if _positive(r.get(f"{p}_floor")) and r.get("batch") == 1
+                and (r.get("kv_len") or 0) >= 32768]
+        out[f"geomean_{p}_floor"] = geomean(floors)
+        out[f"min_{p}_floor"] = min(floors) if floors else None
+        out[f"min_{p}_floor_b1_kv32k"] = min(long) if long else None
     return out
 
 
