@@ -277,9 +277,10 @@ def _nearest(point: Point, names: list[str], indexes, allowed: set[str], bounded
     Unbounded (``kernel="own"`` or a family asked for by name): the fastest allowed entry there. Bounded (the
     fastest candidate asked for): nothing beyond ``OWN_REACH`` of the tuned point (None: SDPA's own choice; which
     SDPA backend is faster changes with the shape: cuDNN borrowed from afar ran 1-2% below SDPA's own pick in
-    five of six 1x512 prefills of real models at 6c4b145/ea3fae6); within it, a backend's choice, or our own config where it is
-    known to stay ahead: at the same query-heads-per-kv-head group, and where it beat the best backend measured
-    there by ``OWN_MARGIN`` or more. Otherwise the best backend measured there, else None."""
+    five of six 1x512 prefills of real models at 6c4b145/ea3fae6); within it, a backend's choice, or our own
+    config where it is known to stay ahead: at the same query-heads-per-kv-head group, and where it beat the
+    best backend measured there by ``OWN_MARGIN`` or more. Otherwise the best backend measured there, else
+    None."""
     # The entries of the group in lookup order (dtype mismatch, distance, then the index's rank; a stable sort
     # keeps the indexes' own order among equals), checked with ``_can_serve`` (index.usable: the family's rules)
     # only until the answer is decided: the first servable entry fixes the nearest point, and the servable

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from flashcore.cache import HALF_DTYPES
 from flashcore.kernels import FAMILIES, KernelInputError, families
 from flashcore.kernels._common import MAX_HEAD_DIM, check_qkv
-
 from flashcore.kernels.backends import Pinned
 
 from .dispatch import PLANS, TO_SDPA, get_kernel, runner_for
