@@ -98,21 +98,28 @@ def ptxas_report(ptx: str) -> tuple[int, int]:
 _POOL: tuple[int, object] | None = None  # (the process that started it, the executor)
 
 
+def in_compile_process(fn, *args):
+    """``fn(*args)`` where Gluon can compile: here, or where TRITON_INTERPRET is set, in one spawned helper
+    process started without it (started on first use, reused; see the module doc). ``fn`` and ``args`` must
+    pickle."""
+    global _POOL
+    if not interpreting():
+        return fn(*args)
+    if _POOL is None or _POOL[0] != os.getpid():  # a forked child cannot use its parent's executor
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with suspended():  # the helper starts now, without the interpreter in its environment
+            _POOL = (os.getpid(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+            _POOL[1].submit(int, 0).result()
+    return _POOL[1].submit(fn, *args).result()
+
+
 def compile_info(shape: Sequence[int], dtype: torch.dtype, causal: bool, config: Mapping[str, Any],
                  kv_heads: int | None = None) -> dict[str, Any]:
     """Compile for sm_90 on this machine (no GPU needed) and report the kernel's resources (see module doc)."""
-    global _POOL
-    if interpreting():  # compile where the interpreter never ran
-        if _POOL is None or _POOL[0] != os.getpid():  # a forked child cannot use its parent's executor
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            with suspended():  # the helper starts now, without the interpreter in its environment
-                _POOL = (os.getpid(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
-                _POOL[1].submit(int, 0).result()
-        return _POOL[1].submit(_compile_info, tuple(shape), str(dtype).removeprefix("torch."), causal, dict(config),
-                            kv_heads).result()
-    return _compile_info(shape, dtype, causal, config, kv_heads)
+    return in_compile_process(_compile_info, tuple(shape), str(dtype).removeprefix("torch."), causal,
+                              dict(config), kv_heads)
 
 
 def _compile_info(shape, dtype, causal, config, kv_heads) -> dict[str, Any]:
