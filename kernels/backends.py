@@ -133,21 +133,18 @@ class BackendServer:
     refuses the call (a shape outside the one it was gated at) or that the user switched off
     (``torch.nn.attention.sdpa_kernel`` without it) leaves the call to SDPA as made."""
 
-    __slots__ = ("flags", "causal", "lower_right", "_at", "_sdpa", "_get", "_put", "_oom", "_choice",
-                 "_own_choice")
+    __slots__ = ("flags", "causal", "lower_right", "_at", "_sdpa", "_get", "_pin", "_choice", "_own_choice")
 
     def __init__(self, flag: str | None, causal: bool, lower_right: bool = False):
-        import torch
         import torch.nn.functional as F
-
-        self._oom = torch.cuda.OutOfMemoryError
 
         self.flags = None if flag is None else tuple(name == flag for name in _FLAGS)
         self._at = None if flag is None else _FLAGS.index(flag)
         self.causal = bool(causal)
         self.lower_right = bool(lower_right)
         self._sdpa = F.scaled_dot_product_attention
-        self._get, self._put = _switches()
+        self._get = _switches()[0]
+        self._pin = None if flag is None else Pinned(flag)  # the switch protocol, shared with the op's hot path
         # SDPA's own pick (torch._fused_sdp_choice, an SDPBackend value) per call class: where it is this backend
         # already, the plain call is the same launch without reading and setting the switches
         self._choice = None if flag is None else _SDP_CHOICE.get(flag)
@@ -163,9 +160,7 @@ class BackendServer:
 
     def pinned(self) -> Pinned | None:
         """This server's plan for the drop-in op's hot path (None for SDPA's own choice or a CausalBias server)."""
-        if self.flags is None or self.lower_right:
-            return None
-        return Pinned(_FLAGS[self._at])
+        return None if self.lower_right else self._pin
 
     @property
     def passthrough(self) -> bool:
@@ -179,40 +174,28 @@ class BackendServer:
 
             mask, causal = causal_lower_right(q.shape[2], k.shape[2]), False
         gqa = k.shape[1] != q.shape[1]
-        flags = self.flags
-        if flags is None:
-            return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
-        before = [g() for g in self._get]
-        if not before[self._at]:  # the user switched this backend off (sdpa_kernel without it): SDPA as called
+        if self.flags is None:
             return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
         if self._choice is not None and mask is None:
-            # the class of the call: everything SDPA's pick depends on but the kv length (a decode step's cache
-            # grows every call; a pick that changed with it would still be a correct SDPA backend)
-            key = (q.shape, q.stride(), k.shape[1], k.stride(-1), v.stride(-1), q.dtype, causal, *before)
-            mine = self._own_choice.get(key)
-            if mine is None:
-                mine = self._own_choice[key] = self.picked_by_sdpa(q, k, v, sm_scale)
-            if mine:
-                return self._sdpa(q, k, v, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
-        put = self._put
-        for setter, on in zip(put, flags):
-            setter(on)
-        try:
-            return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
-        except RuntimeError as exc:  # the backend refuses these inputs (on the host, before any launch)
-            if isinstance(exc, self._oom):
-                raise
-        finally:
-            for setter, value in zip(put, before):
-                setter(value)
-        return self._sdpa(q, k, v, attn_mask=mask, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+            before = tuple(g() for g in self._get)
+            if before[self._at]:  # (switched off by the user: the pin leaves the call to SDPA as made)
+                # the class of the call: everything SDPA's pick depends on but the kv length (a decode step's
+                # cache grows every call; a pick that changed with it would still be a correct SDPA backend)
+                key = (q.shape, q.stride(), k.shape[1], k.stride(-1), v.stride(-1), q.dtype, causal, *before)
+                mine = self._own_choice.get(key)
+                if mine is None:
+                    mine = self._own_choice[key] = self.picked_by_sdpa(q, k, v, sm_scale)
+                if mine:
+                    return self._sdpa(q, k, v, is_causal=causal, scale=sm_scale, enable_gqa=gqa)
+        return self._pin(q, k, v, causal, sm_scale, gqa, mask)
 
 
 class Pinned:
     """The drop-in op's plan (``dispatch.PLANS``) for a call class served by an SDPA backend that SDPA does not
-    pick itself there: ``plan(q, k, v, is_causal, scale, enable_gqa)`` is SDPA called as the user called it with
-    only that backend's switch on while it runs (four switches read, set and restored: no per-call class key,
-    no input check, nothing but the switches added to SDPA's host work). Where the user switched the backend off
+    pick itself there, and BackendServer's switch protocol: ``plan(q, k, v, is_causal, scale, enable_gqa,
+    attn_mask=None)`` is SDPA called as the user called it with only that backend's switch on while it runs
+    (four switches read, set and restored: no per-call class key, no input check, nothing but the switches added
+    to SDPA's host work). Where the user switched the backend off
     (``torch.nn.attention.sdpa_kernel`` without it) or it refuses the inputs, SDPA as called."""
 
     __slots__ = ("_flags", "_at", "_get", "_put", "_sdpa", "_oom")
@@ -227,23 +210,23 @@ class Pinned:
         self._sdpa = F.scaled_dot_product_attention
         self._oom = torch.cuda.OutOfMemoryError
 
-    def __call__(self, q, k, v, is_causal, scale, enable_gqa):
+    def __call__(self, q, k, v, is_causal, scale, enable_gqa, attn_mask=None):
         g0, g1, g2, g3 = self._get
         before = (g0(), g1(), g2(), g3())
         sdpa = self._sdpa
         if not before[self._at]:
-            return sdpa(q, k, v, None, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
+            return sdpa(q, k, v, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
         p0, p1, p2, p3 = self._put
         f0, f1, f2, f3 = self._flags
         p0(f0), p1(f1), p2(f2), p3(f3)
         try:
-            return sdpa(q, k, v, None, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
+            return sdpa(q, k, v, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
         except RuntimeError as exc:  # the backend refuses these inputs (on the host, before any launch)
             if isinstance(exc, self._oom):
                 raise
         finally:
             p0(before[0]), p1(before[1]), p2(before[2]), p3(before[3])
-        return sdpa(q, k, v, None, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
+        return sdpa(q, k, v, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
 
 
 def as_sdpa_choice(run, q, k, v):

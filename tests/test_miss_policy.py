@@ -135,7 +135,7 @@ def test_a_backend_that_refuses_the_inputs_leaves_them_to_sdpa_and_restores_the_
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True)) and state() == before
     seen = {}
     math = BackendServer("math", False)
-    math._sdpa = lambda *a, **kw: seen.update(state()) or F.scaled_dot_product_attention(*a, **kw)
+    math._pin._sdpa = lambda *a, **kw: seen.update(state()) or F.scaled_dot_product_attention(*a, **kw)
     math(q, k, v)
     assert seen == {f: f == "math" for f in flags} and state() == before
 
@@ -150,7 +150,7 @@ def test_where_sdpa_picks_the_backend_itself_the_switches_are_left_alone():
     for flag, switched in ((names[picked], False), (other, True)):
         server = BackendServer(flag, True)
         touched = []
-        server._put = tuple((lambda on, f=f: touched.append((f, on)) or f(on)) for f in server._put)
+        server._pin._put = tuple((lambda on, f=f: touched.append((f, on)) or f(on)) for f in server._pin._put)
         out = server(q, k, v)
         assert bool(touched) == switched, flag
         if not switched:

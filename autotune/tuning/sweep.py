@@ -332,14 +332,14 @@ def sweep(points: Iterable[Point], store: CacheStore, opts: SweepOptions, hooks:
 def _face_offs(jobs: list, results: dict[int, PointResult], store: CacheStore, opts: SweepOptions,
                worker: TrialWorker | None, gpu: str, cc: str) -> None:
     """At each point where several candidates have winners, one of them tuned now: ``faceoff.face_off`` (the
-    winners timed again in turns, in the sweep's worker, or in this process without isolation). The cache's
+    winners timed again in turns where the sweep's trials run, ``_Runner``). The cache's
     winners of the point's other candidates take part too: ``--kernel sdpa_cudnn --retune`` faces the new
     cuDNN figure off against our kernel's stored one."""
     by_point: dict[Point, list[tuple[KernelFamily, PointResult]]] = {}
     for i, (point, family) in enumerate(jobs):
         if i in results:
             by_point.setdefault(point, []).append((family, results[i]))
-    contexts: dict[Point, Any] = {}
+    runner = _Runner(opts, worker, None)
     for point, group in by_point.items():
         seen = {f.name for f, _ in group}
         for family in families():
@@ -347,13 +347,8 @@ def _face_offs(jobs: list, results: dict[int, PointResult], store: CacheStore, o
                 res = cached(point, make_key(point, family, gpu, cc), store)
                 if res is not None:
                     group.append((family, res))
-        def run(family: KernelFamily, config: dict, point: Point = point) -> TrialOutcome:
-            if worker is not None:
-                return worker.bind(point, family).run(config, rules=False)
-            ctx = contexts[point] = prepare(point, family, opts.profile, None, opts.seed, base=contexts.get(point))
-            return run_trial(ctx, config, rep_ms=opts.rep_ms, rules=False)
-
-        face_off(point, group, store, run, _record, rounds=opts.faceoff_rounds)
+        face_off(point, group, store, lambda family, config, p=point: runner.run(p, family, None, config)[0],
+                 _record, rounds=opts.faceoff_rounds)
 
 
 def cached(point: Point, key: CacheKey, store: CacheStore) -> PointResult | None:
